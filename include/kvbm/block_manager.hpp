@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: Apache-2.0
+// BlockManager: one process's attachment to a kvbm segment (one process-table entry per object).
+// Every method is thread-safe. Operations run directly on the shared segment under its robust
+// store mutex; batch calls take it once per batch.
+//
+// Fork: an attachment belongs to the process that opened it. In a fork()ed child every method of
+// an inherited BlockManager throws std::logic_error and inherited block handles' destructors do
+// nothing; the child opens the segment again if it needs it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "kvbm/blocks.hpp"
+#include "kvbm/config.hpp"
+#include "kvbm/error.hpp"
+#include "kvbm/metrics.hpp"
+#include "kvbm/sequence_hash.hpp"
+
+namespace kvbm {
+
+namespace testing {
+struct Peer;
+}
+
+enum class SlotState { kReset, kMutable, kStaged, kPrimary, kDuplicate, kInactive };
+std::string_view to_string(SlotState s) noexcept;  // "reset", "mutable", ...
+
+struct BlockInfo {
+  SlotState state;
+  SequenceHash hash;               // zero unless Staged, Primary, Duplicate or Inactive
+  std::uint32_t holder_processes;  // processes holding the slot (Primary/Duplicate), else 0
+  std::uint32_t duplicate_refs;    // live duplicates of a Primary, else 0
+  bool reset_on_release;
+};
+
+class BlockManager {
+ public:
+  /// Creates the segment; kAlreadyExists if it is present, kInvalidConfig for a bad config.
+  static Result<std::shared_ptr<BlockManager>> create(const SegmentConfig& config);
+  /// Attaches to an existing segment: kNotFound, kLayoutMismatch, kCorrupted, kPermissionDenied,
+  /// kProcessTableFull. Waits up to 2 s for a segment still being initialised.
+  static Result<std::shared_ptr<BlockManager>> open(std::string_view name);
+  /// Opens the segment if present (its config must equal `config` in every field but
+  /// permissions, else kInvalidConfig naming the first difference), else creates it.
+  static Result<std::shared_ptr<BlockManager>> open_or_create(const SegmentConfig& config);
+  /// Unlinks the segment and its payload object. Attached processes keep working on their
+  /// mappings; new opens get kNotFound. kNotFound if absent.
+  static Result<void> destroy(std::string_view name);
+
+  ~BlockManager();
+  BlockManager(const BlockManager&) = delete;
+  BlockManager& operator=(const BlockManager&) = delete;
+
+  /// All-or-nothing: the reset pool first (FIFO), then evictions. nullopt if not enough blocks
+  /// are free or evictable even after reaping dead processes. 0 -> empty vector.
+  std::optional<std::vector<MutableBlock>> allocate_blocks(std::size_t count);
+  /// Same, plus the hashes evicted to satisfy it, in eviction order (the reset-pool blocks come
+  /// first in the returned vector, then the evicted ones in the same order as the hashes).
+  std::optional<std::pair<std::vector<MutableBlock>, std::vector<SequenceHash>>>
+  allocate_blocks_with_evictions(std::size_t count);
+
+  /// Staged -> Primary (hash absent), Duplicate (present, kAllow) or Reset with the existing
+  /// primary returned (present, kReject). Throws std::invalid_argument for a block of another
+  /// BlockManager or an empty block.
+  ImmutableBlock register_block(CompleteBlock&& block);
+  /// Same for a batch, under one lock; results in input order.
+  std::vector<ImmutableBlock> register_blocks(std::vector<CompleteBlock>&& blocks);
+
+  /// Prefix match under one lock: stops at the first hash neither active nor inactive;
+  /// inactive hits are resurrected. Returns primaries.
+  std::vector<ImmutableBlock> match_blocks(std::span<const SequenceHash> hashes);
+  /// One entry per input hash, no early stop.
+  std::vector<std::optional<ImmutableBlock>> match_blocks_scattered(
+      std::span<const SequenceHash> hashes);
+  /// Every found hash once. `touch` feeds the frequency sketch (MultiLRU).
+  std::unordered_map<SequenceHash, ImmutableBlock> scan_matches(
+      std::span<const SequenceHash> hashes, bool touch);
+
+  /// Drains the inactive pool to Reset; then kBlocksInUse if any block is not Reset.
+  Result<void> reset_inactive_pool();
+  /// Releases everything held by processes that died; returns how many entries were reaped.
+  std::size_t reap_dead_processes();
+  /// Every broken invariant, one line each; empty when consistent. Dead-but-unreaped process
+  /// entries are listed as problems.
+  std::vector<std::string> verify() const;
+
+  std::size_t total_blocks() const;
+  std::size_t available_blocks() const;  // reset + inactive, one snapshot
+  std::uint32_t block_size() const;
+  DuplicationPolicy duplication_policy() const;
+  const SegmentConfig& config() const;
+  PoolCounts counts() const;  // one consistent snapshot
+  /// Throws std::invalid_argument if id >= total_blocks().
+  BlockInfo inspect_block(BlockId id) const;
+  MetricsSnapshot metrics() const;
+  /// This attachment's process-table index.
+  std::uint32_t process_index() const;
+
+ private:
+  friend struct testing::Peer;
+  explicit BlockManager(std::shared_ptr<detail::Attachment> att);
+  std::shared_ptr<detail::Attachment> att_;
+};
+
+}  // namespace kvbm

@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: Apache-2.0
+// RAII block guards (kvbm-logical's states, across processes):
+//   MutableBlock  (move-only)  slot Mutable, owned by this process; drop -> Reset
+//   CompleteBlock (move-only)  slot Staged with its hash; drop -> Reset; register -> ImmutableBlock
+//   ImmutableBlock (copyable)  slot Primary or Duplicate; the last copy in the last process
+//   releases
+//                              it (Primary -> Inactive, or Reset if reset-on-release; Duplicate ->
+//                              Reset)
+//   WeakBlock     (copyable)   never keeps the slot; upgrade() re-acquires by hash.
+// Guards belong to the process that made them: in a fork()ed child their destructors do nothing.
+// Moved-from guards are empty and their destructors do nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include "kvbm/error.hpp"
+#include "kvbm/sequence_hash.hpp"
+
+namespace kvbm {
+
+using BlockId = std::uint32_t;
+
+namespace detail {
+class Attachment;
+struct HandleAccess;
+}  // namespace detail
+
+class CompleteBlock;
+struct BlockSizeMismatch;
+
+class MutableBlock {
+ public:
+  MutableBlock() = default;  // empty
+  MutableBlock(MutableBlock&& other) noexcept;
+  MutableBlock& operator=(MutableBlock&& other) noexcept;
+  MutableBlock(const MutableBlock&) = delete;
+  MutableBlock& operator=(const MutableBlock&) = delete;
+  ~MutableBlock();
+
+  explicit operator bool() const { return att_ != nullptr; }
+  BlockId block_id() const { return id_; }
+  std::uint32_t block_size() const;
+  /// Payload bytes of this block; empty when the segment has no payload region.
+  std::span<std::byte> data();
+  /// Mutable -> Staged. On size mismatch the error hands the block back untouched:
+  /// error().expected, .actual, .block.
+  Result<CompleteBlock, BlockSizeMismatch> stage(SequenceHash hash, std::uint32_t block_size) &&;
+
+ private:
+  friend struct detail::HandleAccess;
+  std::shared_ptr<detail::Attachment> att_;
+  BlockId id_ = 0;
+  std::uint32_t gen_ = 0;
+};
+
+struct BlockSizeMismatch {
+  std::uint32_t expected;
+  std::uint32_t actual;
+  MutableBlock block;
+};
+
+class CompleteBlock {
+ public:
+  CompleteBlock() = default;  // empty
+  CompleteBlock(CompleteBlock&& other) noexcept;
+  CompleteBlock& operator=(CompleteBlock&& other) noexcept;
+  CompleteBlock(const CompleteBlock&) = delete;
+  CompleteBlock& operator=(const CompleteBlock&) = delete;
+  ~CompleteBlock();
+
+  explicit operator bool() const { return att_ != nullptr; }
+  BlockId block_id() const { return id_; }
+  std::uint32_t block_size() const;
+  SequenceHash sequence_hash() const { return hash_; }
+  /// Staged -> Mutable (the reset-on-release flag goes back to the segment default).
+  MutableBlock reset() &&;
+
+ private:
+  friend struct detail::HandleAccess;
+  std::shared_ptr<detail::Attachment> att_;
+  BlockId id_ = 0;
+  std::uint32_t gen_ = 0;
+  SequenceHash hash_;
+};
+
+class WeakBlock;
+
+class ImmutableBlock {
+ public:
+  ImmutableBlock() = default;  // empty
+  ImmutableBlock(const ImmutableBlock& other);
+  ImmutableBlock& operator=(const ImmutableBlock& other);
+  ImmutableBlock(ImmutableBlock&& other) noexcept;
+  ImmutableBlock& operator=(ImmutableBlock&& other) noexcept;
+  ~ImmutableBlock();
+
+  explicit operator bool() const { return att_ != nullptr; }
+  BlockId block_id() const { return id_; }
+  SequenceHash sequence_hash() const { return hash_; }
+  /// Handles to this slot alive in this process (this attachment); keep-alives excluded.
+  std::size_t use_count() const;
+  WeakBlock downgrade() const;
+  /// Whether the slot goes to Reset instead of Inactive when it is released (kvbm-logical:
+  /// set_evict_on_reset). Shared by every holder in every process; last writer wins; survives
+  /// resurrection; back to the segment default when the slot next becomes Mutable.
+  void set_reset_on_release(bool value) const;
+  std::span<const std::byte> data() const;
+
+ private:
+  friend struct detail::HandleAccess;
+  void release() noexcept;
+  std::shared_ptr<detail::Attachment> att_;
+  BlockId id_ = 0;
+  std::uint32_t gen_ = 0;
+  SequenceHash hash_;
+};
+
+class WeakBlock {
+ public:
+  WeakBlock() = default;
+  SequenceHash sequence_hash() const { return hash_; }
+  /// Fast path while this process still holds the same slot generation; otherwise re-acquires
+  /// the hash (active in any process, or resurrected from the inactive pool); nullopt once evicted.
+  std::optional<ImmutableBlock> upgrade() const;
+
+ private:
+  friend struct detail::HandleAccess;
+  std::shared_ptr<detail::Attachment> att_;
+  BlockId id_ = 0;
+  std::uint32_t gen_ = 0;
+  SequenceHash hash_;
+};
+
+}  // namespace kvbm

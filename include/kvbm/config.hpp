@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+// SegmentConfig: everything fixed when a segment is created. Recorded in the segment header;
+// open_or_create compares it field by field.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace kvbm {
+
+enum class EvictionPolicy { kLineage, kLru, kMultiLru, kFifo };
+enum class DuplicationPolicy { kAllow, kReject };
+enum class LineageOrder { kTick, kFifo };
+
+std::string_view to_string(EvictionPolicy p) noexcept;     // "lineage", "lru", "multi-lru", "fifo"
+std::string_view to_string(DuplicationPolicy p) noexcept;  // "allow", "reject"
+std::string_view to_string(LineageOrder o) noexcept;       // "tick", "fifo"
+
+struct SegmentConfig {
+  /// Segment object name without leading '/': [A-Za-z0-9][A-Za-z0-9._-]{0,199}. Required.
+  std::string name;
+  /// Number of blocks. Required, > 0.
+  std::uint32_t block_count = 0;
+  /// Tokens per block. Power of two in [1, 1024]. Default: 16.
+  std::uint32_t block_size = 16;
+  /// Process-table entries (processes attached at once). 1..64. Default: 64.
+  std::uint32_t max_processes = 64;
+  /// Inactive-pool eviction order. Default: lineage.
+  EvictionPolicy eviction = EvictionPolicy::kLineage;
+  /// Leaf order of the lineage backend. Default: tick.
+  LineageOrder lineage_order = LineageOrder::kTick;
+  /// What registering an already-present hash does. Default: allow (a duplicate block).
+  DuplicationPolicy duplication = DuplicationPolicy::kAllow;
+  /// Value a block's reset-on-release flag takes whenever it becomes Mutable. Default: false.
+  bool default_reset_on_release = false;
+  /// MultiLRU level thresholds: 1 <= a < b < c <= 15. Default: {3, 8, 15}.
+  std::array<std::uint8_t, 3> multi_lru_thresholds{3, 8, 15};
+  /// TinyLFU counters (MultiLRU only): power of two in [2^10, 2^26]. Default: 2^21.
+  std::uint32_t frequency_capacity = 1u << 21;
+  /// Bytes of payload per block in "<name>.payload"; 0 = no payload region. Default: 0.
+  std::uint64_t bytes_per_block = 0;
+  /// Mode of the shm object(s). Default: 0600 (owner only); 0660 shares with the group.
+  std::uint32_t permissions = 0600;
+};
+
+}  // namespace kvbm

@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header of the kvbm library.
+#pragma once
+
+#include "kvbm/block_manager.hpp"
+#include "kvbm/blocks.hpp"
+#include "kvbm/config.hpp"
+#include "kvbm/error.hpp"
+#include "kvbm/metrics.hpp"
+#include "kvbm/sequence_hash.hpp"

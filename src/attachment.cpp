@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "attachment.hpp"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "process_table.hpp"
+
+namespace kvbm::detail {
+namespace {
+
+// Fork handling: the child must not use (or keep alive) the parent's attachments. The child
+// handler bumps the fork generation (every inherited Attachment then refuses to work) and closes
+// the inherited liveness fds, so a child that outlives its parent does not keep the parent's
+// entries looking alive (OFD locks are inherited through fork).
+std::atomic<std::uint64_t> g_fork_generation{0};
+std::mutex g_fds_mu;
+std::vector<int>& live_fds() {
+  static auto* fds = new std::vector<int>();  // leaked on purpose: used by atfork handlers
+  return *fds;
+}
+void atfork_prepare() {
+  g_fds_mu.lock();
+}
+void atfork_parent() {
+  g_fds_mu.unlock();
+}
+void atfork_child() {
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  for (int fd : live_fds()) {
+    ::close(fd);
+  }
+  live_fds().clear();
+  g_fds_mu.unlock();
+}
+void register_fd(int fd) {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
+  std::lock_guard<std::mutex> g(g_fds_mu);
+  live_fds().push_back(fd);
+}
+void unregister_fd(int fd) {
+  std::lock_guard<std::mutex> g(g_fds_mu);
+  auto& v = live_fds();
+  v.erase(std::remove(v.begin(), v.end(), fd), v.end());
+}
+
+SegmentError segment_error(Errc code, std::string msg, int err = 0) {
+  return SegmentError(Error{code, err, std::move(msg)});
+}
+
+}  // namespace
+
+Attachment::Attachment(std::unique_ptr<Segment> segment)
+    : seg_(std::move(segment)),
+      store_(std::make_unique<BlockStore>(*seg_)),
+      fork_generation_(g_fork_generation.load(std::memory_order_relaxed)),
+      local_(std::make_unique<std::atomic<std::uint32_t>[]>(seg_->block_count())) {}
+
+Result<std::shared_ptr<Attachment>> Attachment::attach(std::unique_ptr<Segment> segment) {
+  std::shared_ptr<Attachment> att(new Attachment(std::move(segment)));
+  const int fd = att->seg_->fd();
+  register_fd(fd);
+  const std::uint32_t max = att->seg_->max_processes();
+  auto* procs = att->seg_->procs();
+  try {
+    for (std::uint32_t q = 0; q < max; ++q) {
+      if (!ofd_try_lock(fd, shm::kLivenessLockBase + q)) {
+        continue;  // held by a live attachment (maybe a reaper probing it)
+      }
+      Lock l = att->lock_unfenced();
+      auto& store = *att->store_;
+      if (procs[q].state.load(std::memory_order_relaxed) !=
+          static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+        // Its owner died without detaching: release what it held before taking the entry over.
+        store.begin(shm::IntentOp::kReap, q);
+        store.reap(q);
+        store.commit();
+      }
+      att->incarnation_ =
+          store.claim_process(q, ::getpid(), self_start_ticks(), self_pidns_inode());
+      att->me_ = q;
+      return att;
+    }
+  } catch (const SegmentError& e) {
+    return tl::unexpected(e.error());
+  }
+  return tl::unexpected(
+      Error{Errc::kProcessTableFull, 0,
+            fmt::format("all {} process entries of segment '{}' are held by live processes", max,
+                        att->seg_->config().name)});
+}
+
+Attachment::~Attachment() {
+  if (forked()) {
+    seg_->abandon_fd();  // closed by the fork handler; never touch the parent's entry
+    return;
+  }
+  if (me_ != shm::kNil) {
+    try {
+      Lock l = lock_unfenced();
+      auto* procs = seg_->procs();
+      if (procs[me_].incarnation.load(std::memory_order_relaxed) == incarnation_) {
+        // Normally nothing is left (handles keep the attachment alive); the sweep makes a detach
+        // leave no trace even after misuse.
+        store_->begin(shm::IntentOp::kDetach, me_);
+        store_->reap(me_, /*detach=*/true);
+        store_->commit();
+      }
+    } catch (...) {
+      // Poisoned or fenced: the entry is left to the reaper / kvbm-ctl repair.
+    }
+  }
+  unregister_fd(seg_->fd());
+  // ~Segment unmaps and closes the fd (dropping the liveness lock) after the mutex was released.
+}
+
+bool Attachment::forked() const noexcept {
+  return fork_generation_ != g_fork_generation.load(std::memory_order_relaxed);
+}
+
+void Attachment::check_fork() const {
+  if (forked()) {
+    throw std::logic_error(
+        "kvbm: attachment belongs to the parent process; open the segment again");
+  }
+}
+
+Attachment::Lock Attachment::lock_unfenced() {
+  check_fork();
+  auto* header = seg_->header();
+  auto& mu = seg_->control()->mutex;
+  const auto poisoned = [&] {
+    return header->init_state.load(std::memory_order_acquire) ==
+           static_cast<std::uint32_t>(shm::InitState::kPoisoned);
+  };
+  if (poisoned()) {
+    throw segment_error(Errc::kCorrupted,
+                        fmt::format("segment '{}' is poisoned (a crash recovery failed); run "
+                                    "'kvbm-ctl repair {}'",
+                                    config().name, config().name));
+  }
+  switch (mu.lock()) {
+    case shm::LockStatus::kOk:
+      break;
+    case shm::LockStatus::kOwnerDead: {
+      std::vector<std::string> problems;
+      try {
+        problems = store_->recover();
+      } catch (const std::exception& e) {
+        problems.push_back(e.what());
+      }
+      if (!problems.empty() || !mu.consistent()) {
+        header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned),
+                                 std::memory_order_release);
+        mu.unlock();  // without consistent(): the mutex becomes unrecoverable on purpose
+        throw segment_error(
+            Errc::kCorrupted,
+            fmt::format("segment '{}': recovery after a crash failed ({}{}); the segment is "
+                        "poisoned; run 'kvbm-ctl repair {}'",
+                        config().name, problems.empty() ? "mutex" : problems.front(),
+                        problems.size() > 1 ? fmt::format(" and {} more", problems.size() - 1) : "",
+                        config().name));
+      }
+      break;
+    }
+    case shm::LockStatus::kNotRecoverable:
+      header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned),
+                               std::memory_order_release);
+      throw segment_error(Errc::kCorrupted,
+                          fmt::format("segment '{}': store mutex is unrecoverable; run "
+                                      "'kvbm-ctl repair {}'",
+                                      config().name, config().name));
+    default:
+      throw segment_error(Errc::kSystem, "pthread_mutex_lock on the store mutex failed");
+  }
+  if (poisoned()) {
+    mu.unlock();
+    throw segment_error(Errc::kCorrupted, fmt::format("segment '{}' is poisoned", config().name));
+  }
+  return Lock(&mu);
+}
+
+Attachment::Lock Attachment::lock() {
+  Lock l = lock_unfenced();
+  const auto& e = seg_->procs()[me_];
+  if (e.incarnation.load(std::memory_order_relaxed) != incarnation_ ||
+      e.state.load(std::memory_order_relaxed) !=
+          static_cast<std::uint32_t>(shm::ProcState::kLive)) {
+    throw segment_error(
+        Errc::kFenced,
+        fmt::format("this process's attachment to '{}' (entry {}) was reclaimed by another "
+                    "process; its blocks are gone; open the segment again",
+                    config().name, me_));
+  }
+  return l;
+}
+
+std::optional<Attachment::Lock> Attachment::lock_quiet() noexcept {
+  if (forked()) {
+    return std::nullopt;
+  }
+  try {
+    return lock();
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+void Attachment::release_holder(std::uint32_t slot) noexcept {
+  auto l = lock_quiet();
+  if (!l) {
+    return;
+  }
+  // Another thread of this process may have re-acquired the slot since the count hit 0; and
+  // another dropper may already have cleared the bit.
+  if (local_[slot].load(std::memory_order_acquire) != 0 || !store_->holds(slot, me_)) {
+    return;
+  }
+  store_->begin(shm::IntentOp::kRelease, me_);
+  store_->release_holder(slot, me_);
+  store_->commit();
+}
+
+std::size_t Attachment::reap_dead_processes() {
+  check_fork();
+  const int fd = seg_->fd();
+  const std::uint32_t max = seg_->max_processes();
+  auto* procs = seg_->procs();
+  std::size_t reaped = 0;
+  for (std::uint32_t q = 0; q < max; ++q) {
+    if (q == me_ || procs[q].state.load(std::memory_order_acquire) ==
+                        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+      continue;
+    }
+    // Winning the byte proves the owner is dead and keeps other reapers and attachers out.
+    if (!ofd_try_lock(fd, shm::kLivenessLockBase + q)) {
+      continue;
+    }
+    try {
+      Lock l = lock();
+      if (procs[q].state.load(std::memory_order_relaxed) !=
+          static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+        store_->begin(shm::IntentOp::kReap, me_);
+        store_->reap(q);
+        store_->commit();
+        ++reaped;
+      }
+    } catch (...) {
+      ofd_unlock(fd, shm::kLivenessLockBase + q);
+      throw;
+    }
+    ofd_unlock(fd, shm::kLivenessLockBase + q);
+  }
+  return reaped;
+}
+
+void Attachment::verify_processes(std::vector<std::string>& problems) const {
+  const std::uint32_t max = seg_->max_processes();
+  const std::uint32_t n = seg_->block_count();
+  auto* procs = seg_->procs();
+  auto* slots = seg_->slots();
+  for (std::uint32_t q = 0; q < max; ++q) {
+    if (q == me_ || procs[q].state.load(std::memory_order_relaxed) ==
+                        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+      continue;
+    }
+    if (ofd_is_locked(seg_->fd(), shm::kLivenessLockBase + q)) {
+      continue;
+    }
+    std::uint64_t exclusive = 0;
+    std::uint64_t held = 0;
+    for (std::uint32_t s = 0; s < n; ++s) {
+      const bool excl = (slots[s].state == static_cast<std::uint8_t>(shm::SlotState::kMutable) ||
+                         slots[s].state == static_cast<std::uint8_t>(shm::SlotState::kStaged)) &&
+                        slots[s].owner == q;
+      exclusive += excl ? 1 : 0;
+      held += (slots[s].holders >> q) & 1;
+    }
+    problems.push_back(fmt::format(
+        "process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} mutable/staged, "
+        "{} registered); run reap or 'kvbm-ctl repair'",
+        q, procs[q].pid.load(std::memory_order_relaxed), exclusive + held, exclusive, held));
+  }
+}
+
+}  // namespace kvbm::detail

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+// Attachment: one process's claim on a segment (one process-table entry). Owns the mapping, the
+// BlockStore view and this process's per-slot handle counts. Every operation goes through
+// lock(), which refuses a fork child (std::logic_error), a poisoned segment and a fenced
+// attachment (SegmentError), and runs crash recovery when the previous holder of the store mutex
+// died.
+//
+// Cross-process references: the holder bit of this entry on a slot is set when this process's
+// count for the slot goes 0 -> 1 (under the mutex) and cleared when it is 0 under the mutex.
+// Copies of an ImmutableBlock only touch the local count.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "kvbm/error.hpp"
+
+#include "block_store.hpp"
+#include "segment.hpp"
+
+namespace kvbm::detail {
+
+class Attachment {
+ public:
+  /// Claims a process-table entry (reaping a dead predecessor) on an opened segment.
+  static Result<std::shared_ptr<Attachment>> attach(std::unique_ptr<Segment> segment);
+  ~Attachment();
+  Attachment(const Attachment&) = delete;
+  Attachment& operator=(const Attachment&) = delete;
+
+  /// The store mutex, held until destruction.
+  class Lock {
+   public:
+    Lock(Lock&& o) noexcept : mu_(o.mu_) { o.mu_ = nullptr; }
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+    ~Lock() {
+      if (mu_ != nullptr) {
+        mu_->unlock();
+      }
+    }
+
+   private:
+    friend class Attachment;
+    explicit Lock(shm::RobustMutex* mu) : mu_(mu) {}
+    shm::RobustMutex* mu_;
+  };
+
+  /// Throws std::logic_error in a fork child, SegmentError if poisoned, fenced or on a system
+  /// error.
+  Lock lock();
+  /// For destructors: nullopt instead of throwing.
+  std::optional<Lock> lock_quiet() noexcept;
+
+  /// lock(), then `f(store)` inside an intent of kind `op`.
+  template <class F>
+  auto run(shm::IntentOp op, F&& f) {
+    Lock l = lock();
+    store_->begin(op, me_);
+    struct Commit {
+      BlockStore* s;
+      ~Commit() { s->commit(); }
+    } commit{store_.get()};
+    return f(*store_);
+  }
+
+  BlockStore& store() { return *store_; }
+  Segment& segment() { return *seg_; }
+  const SegmentConfig& config() const { return seg_->config(); }
+  std::uint32_t me() const { return me_; }
+  std::uint64_t incarnation() const { return incarnation_; }
+  bool forked() const noexcept;
+  void check_fork() const;
+  std::atomic<std::uint32_t>& local(std::uint32_t slot) { return local_[slot]; }
+  std::uint32_t slot_generation(std::uint32_t slot) const {
+    return seg_->slots()[slot].generation.load(std::memory_order_acquire);
+  }
+
+  /// Called when this process's count for `slot` reached 0: clears the holder bit (and releases
+  /// the slot) if the count is still 0 under the mutex. Never throws.
+  void release_holder(std::uint32_t slot) noexcept;
+  /// Reaps every dead process entry; returns how many.
+  std::size_t reap_dead_processes();
+  /// Problems of verify() for process entries: dead-but-unreaped entries with what they hold.
+  void verify_processes(std::vector<std::string>& problems) const;
+
+ private:
+  explicit Attachment(std::unique_ptr<Segment> segment);
+  /// Lock without the fencing check (attach, detach).
+  Lock lock_unfenced();
+
+  std::unique_ptr<Segment> seg_;
+  std::unique_ptr<BlockStore> store_;
+  std::uint32_t me_ = shm::kNil;
+  std::uint64_t incarnation_ = 0;
+  std::uint64_t fork_generation_ = 0;
+  std::unique_ptr<std::atomic<std::uint32_t>[]> local_;
+};
+
+}  // namespace kvbm::detail

@@ -1,0 +1,369 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "kvbm/block_manager.hpp"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "attachment.hpp"
+#include "handle_access.hpp"
+#include "metrics_reader.hpp"
+#include "segment.hpp"
+
+namespace kvbm {
+
+using detail::Attachment;
+using detail::Grant;
+using detail::HandleAccess;
+using shm::IntentOp;
+
+namespace {
+
+Result<std::shared_ptr<BlockManager>> attach_to(Result<std::unique_ptr<detail::Segment>> seg,
+                                                auto make) {
+  if (!seg) {
+    return tl::unexpected(seg.error());
+  }
+  auto att = Attachment::attach(std::move(*seg));
+  if (!att) {
+    return tl::unexpected(att.error());
+  }
+  return make(std::move(*att));
+}
+
+}  // namespace
+
+BlockManager::BlockManager(std::shared_ptr<Attachment> att) : att_(std::move(att)) {}
+BlockManager::~BlockManager() = default;
+
+Result<std::shared_ptr<BlockManager>> BlockManager::create(const SegmentConfig& config) {
+  return attach_to(detail::Segment::create(config), [](std::shared_ptr<Attachment> a) {
+    return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
+  });
+}
+
+Result<std::shared_ptr<BlockManager>> BlockManager::open(std::string_view name) {
+  return attach_to(detail::Segment::open(name), [](std::shared_ptr<Attachment> a) {
+    return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
+  });
+}
+
+Result<std::shared_ptr<BlockManager>> BlockManager::open_or_create(const SegmentConfig& config) {
+  if (auto ok = detail::validate_config(config); !ok) {
+    return tl::unexpected(ok.error());
+  }
+  // Exactly one concurrent caller creates (O_EXCL); the others open what it publishes.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto created = create(config);
+    if (created || created.error().code != Errc::kAlreadyExists) {
+      return created;
+    }
+    auto opened = open(config.name);
+    if (!opened) {
+      if (opened.error().code == Errc::kNotFound) {
+        continue;  // destroyed between our create and open: try again
+      }
+      return opened;
+    }
+    const std::string diff = detail::first_config_difference((*opened)->config(), config);
+    if (!diff.empty()) {
+      return tl::unexpected(
+          Error{Errc::kInvalidConfig, 0,
+                fmt::format("segment '{}' exists with a different {} than requested", config.name,
+                            diff)});
+    }
+    return opened;
+  }
+  return tl::unexpected(
+      Error{Errc::kSystem, 0, fmt::format("segment '{}' kept disappearing", config.name)});
+}
+
+Result<void> BlockManager::destroy(std::string_view name) {
+  if (auto ok = detail::validate_name(name); !ok) {
+    return ok;
+  }
+  const std::string main = "/" + std::string(name);
+  if (::shm_unlink(main.c_str()) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      return tl::unexpected(
+          Error{Errc::kNotFound, err, fmt::format("segment '{}' does not exist", name)});
+    }
+    return tl::unexpected(
+        Error{err == EACCES || err == EPERM ? Errc::kPermissionDenied : Errc::kSystem, err,
+              fmt::format("cannot remove segment '{}': {}", name, std::strerror(err))});
+  }
+  const std::string payload = "/" + detail::payload_name(name);
+  ::shm_unlink(payload.c_str());  // absent when the segment has no payload region
+  return {};
+}
+
+std::optional<std::vector<MutableBlock>> BlockManager::allocate_blocks(std::size_t count) {
+  auto r = allocate_blocks_with_evictions(count);
+  if (!r) {
+    return std::nullopt;
+  }
+  return std::move(r->first);
+}
+
+std::optional<std::pair<std::vector<MutableBlock>, std::vector<SequenceHash>>>
+BlockManager::allocate_blocks_with_evictions(std::size_t count) {
+  std::vector<Grant> grants;
+  std::vector<SequenceHash> evicted;
+  if (count > total_blocks()) {
+    return std::nullopt;
+  }
+  grants.reserve(count);
+  evicted.reserve(count);
+  bool ok = false;
+  for (int attempt = 0; attempt < 2 && !ok; ++attempt) {
+    if (attempt == 1 && att_->reap_dead_processes() == 0) {
+      break;  // nothing was freed: retrying cannot succeed
+    }
+    ok = att_->run(IntentOp::kAllocate, [&](detail::BlockStore& store) {
+      if (store.free_count() + store.inactive_count() < count) {
+        return false;
+      }
+      store.allocate(count, att_->me(), grants, &evicted);
+      return true;
+    });
+  }
+  if (!ok) {
+    return std::nullopt;
+  }
+  std::vector<MutableBlock> blocks;
+  blocks.reserve(grants.size());
+  for (const Grant& g : grants) {
+    blocks.push_back(HandleAccess::make_mutable(att_, g));
+  }
+  return std::make_pair(std::move(blocks), std::move(evicted));
+}
+
+ImmutableBlock BlockManager::register_block(CompleteBlock&& block) {
+  std::vector<CompleteBlock> one;
+  one.push_back(std::move(block));
+  return std::move(register_blocks(std::move(one)).front());
+}
+
+std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBlock>&& blocks) {
+  att_->check_fork();
+  for (const CompleteBlock& b : blocks) {
+    if (!b) {
+      throw std::invalid_argument("kvbm: register_blocks got an empty CompleteBlock");
+    }
+    if (HandleAccess::attachment(b) != att_.get()) {
+      throw std::invalid_argument(fmt::format(
+          "kvbm: CompleteBlock {} was allocated through another BlockManager (segment '{}' "
+          "registers only its own blocks)",
+          b.block_id(), config().name));
+    }
+  }
+  std::vector<Grant> results(blocks.size());
+  const DuplicationPolicy policy = config().duplication;
+  att_->run(IntentOp::kRegister, [&](detail::BlockStore& store) {
+    for (const CompleteBlock& b : blocks) {
+      if (!store.is_staged_by(HandleAccess::grant(b), att_->me())) {
+        throw std::invalid_argument(fmt::format(
+            "kvbm: CompleteBlock {} is no longer staged by this process", b.block_id()));
+      }
+    }
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const detail::Registered r =
+          store.register_staged(HandleAccess::grant(blocks[i]), att_->me(), policy);
+      att_->local(r.block.slot).fetch_add(1, std::memory_order_relaxed);
+      results[i] = r.block;
+    }
+    store.count(shm::kRegistrations, blocks.size());
+    return true;
+  });
+  std::vector<ImmutableBlock> out;
+  out.reserve(blocks.size());
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    const SequenceHash h = blocks[i].sequence_hash();
+    HandleAccess::disarm(blocks[i]);
+    out.push_back(HandleAccess::make_immutable(att_, results[i], h));
+  }
+  return out;
+}
+
+std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceHash> hashes) {
+  std::vector<Grant> grants;
+  grants.reserve(hashes.size());
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+    for (const SequenceHash& h : hashes) {
+      auto g = store.acquire(h, att_->me());
+      if (!g) {
+        break;
+      }
+      att_->local(g->slot).fetch_add(1, std::memory_order_relaxed);
+      grants.push_back(*g);
+    }
+    store.count(shm::kMatchHashesRequested, hashes.size());
+    store.count(shm::kMatchBlocksReturned, grants.size());
+    return true;
+  });
+  std::vector<ImmutableBlock> out;
+  out.reserve(grants.size());
+  for (std::size_t i = 0; i < grants.size(); ++i) {
+    out.push_back(HandleAccess::make_immutable(att_, grants[i], hashes[i]));
+  }
+  return out;
+}
+
+std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
+    std::span<const SequenceHash> hashes) {
+  std::vector<std::optional<Grant>> grants(hashes.size());
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+    std::uint64_t hits = 0;
+    for (std::size_t i = 0; i < hashes.size(); ++i) {
+      grants[i] = store.acquire(hashes[i], att_->me());
+      if (grants[i]) {
+        att_->local(grants[i]->slot).fetch_add(1, std::memory_order_relaxed);
+        ++hits;
+      }
+    }
+    store.count(shm::kScanHashesRequested, hashes.size());
+    store.count(shm::kScanBlocksReturned, hits);
+    return true;
+  });
+  std::vector<std::optional<ImmutableBlock>> out(hashes.size());
+  for (std::size_t i = 0; i < hashes.size(); ++i) {
+    if (grants[i]) {
+      out[i] = HandleAccess::make_immutable(att_, *grants[i], hashes[i]);
+    }
+  }
+  return out;
+}
+
+std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
+    std::span<const SequenceHash> hashes,
+    bool /*touch: feeds the TinyLFU sketch of the MultiLRU backend*/) {
+  std::vector<std::pair<SequenceHash, Grant>> found;
+  found.reserve(hashes.size());
+  std::unordered_map<SequenceHash, ImmutableBlock> out;
+  out.reserve(hashes.size());
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+    std::unordered_map<SequenceHash, bool> seen;
+    seen.reserve(hashes.size());
+    for (const SequenceHash& h : hashes) {
+      if (!seen.emplace(h, true).second) {
+        continue;
+      }
+      if (auto g = store.acquire(h, att_->me())) {
+        att_->local(g->slot).fetch_add(1, std::memory_order_relaxed);
+        found.emplace_back(h, *g);
+      }
+    }
+    store.count(shm::kScanHashesRequested, hashes.size());
+    store.count(shm::kScanBlocksReturned, found.size());
+    return true;
+  });
+  for (const auto& [h, g] : found) {
+    out.emplace(h, HandleAccess::make_immutable(att_, g, h));
+  }
+  return out;
+}
+
+Result<void> BlockManager::reset_inactive_pool() {
+  std::uint64_t in_use = 0;
+  att_->run(IntentOp::kDrain, [&](detail::BlockStore& store) {
+    store.drain_inactive(att_->me());
+    in_use = total_blocks() - store.free_count();
+    return true;
+  });
+  if (in_use != 0) {
+    return tl::unexpected(
+        Error{Errc::kBlocksInUse, 0,
+              fmt::format("inactive pool drained, but {} of {} blocks are still in use", in_use,
+                          total_blocks())});
+  }
+  return {};
+}
+
+std::size_t BlockManager::reap_dead_processes() {
+  return att_->reap_dead_processes();
+}
+
+std::vector<std::string> BlockManager::verify() const {
+  std::vector<std::string> problems;
+  auto lock = att_->lock();
+  att_->store().verify(problems);
+  att_->verify_processes(problems);
+  return problems;
+}
+
+std::size_t BlockManager::total_blocks() const {
+  att_->check_fork();
+  return att_->config().block_count;
+}
+
+std::size_t BlockManager::available_blocks() const {
+  auto lock = att_->lock();
+  return att_->store().free_count() + att_->store().inactive_count();
+}
+
+std::uint32_t BlockManager::block_size() const {
+  att_->check_fork();
+  return att_->config().block_size;
+}
+
+DuplicationPolicy BlockManager::duplication_policy() const {
+  att_->check_fork();
+  return att_->config().duplication;
+}
+
+const SegmentConfig& BlockManager::config() const {
+  att_->check_fork();
+  return att_->config();
+}
+
+std::uint32_t BlockManager::process_index() const {
+  att_->check_fork();
+  return att_->me();
+}
+
+PoolCounts BlockManager::counts() const {
+  auto lock = att_->lock();
+  const auto& c = att_->segment().control()->state_counts;
+  auto get = [&](shm::SlotState s) {
+    return static_cast<std::size_t>(c[static_cast<int>(s)].load(std::memory_order_relaxed));
+  };
+  return PoolCounts{get(shm::SlotState::kReset),     get(shm::SlotState::kMutable),
+                    get(shm::SlotState::kStaged),    get(shm::SlotState::kPrimary),
+                    get(shm::SlotState::kDuplicate), get(shm::SlotState::kInactive)};
+}
+
+BlockInfo BlockManager::inspect_block(BlockId id) const {
+  if (id >= total_blocks()) {
+    throw std::invalid_argument(
+        fmt::format("kvbm: inspect_block({}): block id out of range "
+                    "(segment '{}' has {} blocks)",
+                    id, config().name, total_blocks()));
+  }
+  auto lock = att_->lock();
+  const shm::SlotMeta& m = att_->segment().slots()[id];
+  const auto state = static_cast<SlotState>(m.state);
+  BlockInfo info{state, SequenceHash{}, 0, 0, m.reset_on_release != 0};
+  if (state == SlotState::kStaged || state == SlotState::kPrimary ||
+      state == SlotState::kDuplicate || state == SlotState::kInactive) {
+    info.hash = SequenceHash::from_parts(m.hash_hi, m.hash_lo);
+  }
+  if (state == SlotState::kPrimary || state == SlotState::kDuplicate) {
+    info.holder_processes = static_cast<std::uint32_t>(__builtin_popcountll(m.holders));
+  }
+  if (state == SlotState::kPrimary) {
+    info.duplicate_refs = m.keepalive;
+  }
+  return info;
+}
+
+MetricsSnapshot BlockManager::metrics() const {
+  auto lock = att_->lock();
+  return detail::read_metrics(att_->segment());
+}
+
+}  // namespace kvbm

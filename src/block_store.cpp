@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "block_store.hpp"
+
+#include <algorithm>
+#include <atomic>
+
+#include <fmt/format.h>
+
+#include "crash_point.hpp"
+#include "process_table.hpp"
+#include "slot_list.hpp"
+
+namespace kvbm::detail {
+
+using shm::kNil;
+using shm::SlotState;
+
+namespace {
+constexpr std::uint8_t st(SlotState s) {
+  return static_cast<std::uint8_t>(s);
+}
+constexpr std::uint64_t bit(std::uint32_t proc) {
+  return std::uint64_t{1} << proc;
+}
+// A compiler barrier: stores before it are not moved after it. Process death (not power loss)
+// is the failure model, so program order of stores is all the intent protocol needs.
+inline void barrier() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+}  // namespace
+
+BlockStore::BlockStore(Segment& segment)
+    : seg_(segment),
+      ctl_(segment.control()),
+      slots_(segment.slots()),
+      procs_(segment.procs()),
+      n_(segment.block_count()),
+      default_ror_(segment.config().default_reset_on_release ? 1 : 0),
+      index_(segment.index(), segment.index_capacity(), segment.slots()),
+      backend_(make_inactive_backend(segment)) {}
+
+// --- transactions ---------------------------------------------------------------------------
+
+void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
+  auto& in = ctl_->intent;
+  in.op = static_cast<std::uint32_t>(op);
+  in.actor = actor;
+  in.count = 0;
+  in.proc_target = kNil;
+  for (std::uint32_t c = 0; c < shm::kCounterSlots; ++c) {
+    in.counters_before[c] = ctl_->counters[c].load(std::memory_order_relaxed);
+  }
+  barrier();
+  in.seq.store(in.seq.load(std::memory_order_relaxed) | 1, std::memory_order_relaxed);  // armed
+  barrier();
+  KVBM_CRASH_POINT("txn.armed");
+}
+
+void BlockStore::commit() {
+  auto& in = ctl_->intent;
+  KVBM_CRASH_POINT("txn.before_commit");
+  barrier();
+  in.seq.store((in.seq.load(std::memory_order_relaxed) | 1) + 1, std::memory_order_relaxed);
+  barrier();
+}
+
+void BlockStore::log(std::uint32_t slot) noexcept {
+  auto& in = ctl_->intent;
+  const std::uint32_t i = in.count;
+  in.slot[i] = slot;
+  in.before[i] = slots_[slot].image();
+  barrier();
+  in.count = i + 1;  // the image is complete before it counts
+  barrier();
+}
+
+void BlockStore::checkpoint(std::uint32_t reserve) noexcept {
+  auto& in = ctl_->intent;
+  if (in.count + reserve > shm::kIntentMaxSlots) {
+    const auto op = static_cast<shm::IntentOp>(in.op);
+    const std::uint32_t actor = in.actor;
+    commit();
+    begin(op, actor);
+  }
+}
+
+void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
+  // Only the mutex holder writes counters; readers without the lock load them relaxed.
+  ctl_->counters[c].store(ctl_->counters[c].load(std::memory_order_relaxed) + n,
+                          std::memory_order_relaxed);
+}
+
+// --- primitive slot changes ------------------------------------------------------------------
+
+void BlockStore::set_state(shm::SlotMeta& m, SlotState s) noexcept {
+  auto& counts = ctl_->state_counts;
+  counts[m.state].store(counts[m.state].load(std::memory_order_relaxed) - 1,
+                        std::memory_order_relaxed);
+  counts[st(s)].store(counts[st(s)].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  m.state = st(s);
+}
+
+SequenceHash BlockStore::hash_of(std::uint32_t slot) const noexcept {
+  return SequenceHash::from_parts(slots_[slot].hash_hi, slots_[slot].hash_lo);
+}
+
+void BlockStore::to_reset(std::uint32_t slot) noexcept {
+  auto& m = slots_[slot];
+  set_state(m, SlotState::kReset);
+  m.owner = kNil;
+  m.dup_primary = kNil;
+  m.holders = 0;
+  m.keepalive = 0;
+  m.tick = ctl_->next_tick++;
+  list_push_back(ctl_->free_list, slots_, slot);
+}
+
+void BlockStore::to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept {
+  auto& m = slots_[slot];
+  set_state(m, SlotState::kMutable);
+  m.owner = actor;
+  m.dup_primary = kNil;
+  m.holders = 0;
+  m.keepalive = 0;
+  m.reset_on_release = default_ror_;
+  m.generation.store(m.generation.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+void BlockStore::release_primary(std::uint32_t slot) noexcept {
+  auto& m = slots_[slot];
+  if (m.reset_on_release != 0) {
+    index_.erase(m.hash_hi, m.hash_lo, slot);
+    to_reset(slot);
+  } else {
+    set_state(m, SlotState::kInactive);
+    m.tick = ctl_->next_tick++;
+    backend_->insert(slot);  // the index keeps pointing at it: Inactive hashes stay matchable
+  }
+  KVBM_CRASH_POINT("release_primary.done");
+}
+
+void BlockStore::resurrect(std::uint32_t slot) noexcept {
+  backend_->remove(slot);
+  set_state(slots_[slot], SlotState::kPrimary);
+  KVBM_CRASH_POINT("resurrect.done");
+}
+
+// --- transitions -----------------------------------------------------------------------------
+
+std::uint64_t BlockStore::free_count() const {
+  return ctl_->free_list.length;
+}
+std::uint64_t BlockStore::inactive_count() const {
+  return backend_->size();
+}
+
+void BlockStore::allocate(std::size_t n,
+                          std::uint32_t actor,
+                          std::vector<Grant>& out,
+                          std::vector<SequenceHash>* evicted) noexcept {
+  std::uint64_t from_reset = 0;
+  std::uint64_t from_inactive = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    checkpoint(1);
+    std::uint32_t s = list_pop_front(ctl_->free_list, slots_);
+    if (s != kNil) {
+      ++from_reset;
+    } else {
+      s = backend_->pop_victim();
+      if (s == kNil) {
+        break;  // unreachable: the caller checked the pool sizes under this lock
+      }
+      ++from_inactive;
+      index_.erase(slots_[s].hash_hi, slots_[s].hash_lo, s);
+      if (evicted != nullptr) {
+        evicted->push_back(hash_of(s));
+      }
+    }
+    KVBM_CRASH_POINT("allocate.popped");
+    log(s);
+    to_mutable(s, actor);
+    KVBM_CRASH_POINT("allocate.slot");
+    out.push_back(Grant{s, slots_[s].generation.load(std::memory_order_relaxed)});
+  }
+  count(shm::kAllocations, from_reset + from_inactive);
+  count(shm::kAllocationsFromReset, from_reset);
+  count(shm::kEvictions, from_inactive);
+}
+
+bool BlockStore::stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept {
+  auto& m = slots_[g.slot];
+  if (m.state != st(SlotState::kMutable) || m.owner != actor ||
+      m.generation.load(std::memory_order_relaxed) != g.generation) {
+    return false;
+  }
+  log(g.slot);
+  set_state(m, SlotState::kStaged);
+  KVBM_CRASH_POINT("stage.state");
+  m.hash_hi = hash.hi();
+  m.hash_lo = hash.lo();
+  count(shm::kStagings);
+  return true;
+}
+
+bool BlockStore::unstage(Grant g, std::uint32_t actor) noexcept {
+  if (!is_staged_by(g, actor)) {
+    return false;
+  }
+  auto& m = slots_[g.slot];
+  log(g.slot);
+  set_state(m, SlotState::kMutable);
+  m.reset_on_release = default_ror_;
+  return true;
+}
+
+bool BlockStore::is_staged_by(Grant g, std::uint32_t actor) const noexcept {
+  const auto& m = slots_[g.slot];
+  return m.state == st(SlotState::kStaged) && m.owner == actor &&
+         m.generation.load(std::memory_order_relaxed) == g.generation;
+}
+
+bool BlockStore::release_exclusive(Grant g, std::uint32_t actor) noexcept {
+  auto& m = slots_[g.slot];
+  if ((m.state != st(SlotState::kMutable) && m.state != st(SlotState::kStaged)) ||
+      m.owner != actor || m.generation.load(std::memory_order_relaxed) != g.generation) {
+    return false;
+  }
+  log(g.slot);
+  to_reset(g.slot);
+  return true;
+}
+
+Registered BlockStore::register_staged(Grant g,
+                                       std::uint32_t actor,
+                                       DuplicationPolicy policy) noexcept {
+  checkpoint(2);
+  auto& m = slots_[g.slot];
+  const std::uint32_t p = index_.find(m.hash_hi, m.hash_lo);
+  if (p == kNil) {
+    log(g.slot);
+    set_state(m, SlotState::kPrimary);
+    KVBM_CRASH_POINT("register.primary_state");
+    m.owner = kNil;
+    m.holders = bit(actor);
+    m.keepalive = 0;
+    index_.insert(m.hash_hi, m.hash_lo, g.slot);
+    KVBM_CRASH_POINT("register.indexed");
+    return Registered{g, false};
+  }
+  auto& pm = slots_[p];
+  log(p);
+  if (pm.state == st(SlotState::kInactive)) {
+    resurrect(p);
+  }
+  log(g.slot);
+  if (policy == DuplicationPolicy::kAllow) {
+    set_state(m, SlotState::kDuplicate);
+    KVBM_CRASH_POINT("register.duplicate_state");
+    m.owner = kNil;
+    m.dup_primary = p;
+    m.holders = bit(actor);
+    pm.keepalive += 1;
+    count(shm::kDuplicateBlocks);
+    return Registered{g, false};
+  }
+  to_reset(g.slot);
+  KVBM_CRASH_POINT("register.rejected");
+  pm.holders |= bit(actor);
+  count(shm::kRegistrationDedup);
+  return Registered{Grant{p, pm.generation.load(std::memory_order_relaxed)}, true};
+}
+
+std::optional<Grant> BlockStore::acquire(SequenceHash hash, std::uint32_t actor) noexcept {
+  const std::uint32_t p = index_.find(hash.hi(), hash.lo());
+  if (p == kNil) {
+    return std::nullopt;
+  }
+  auto& pm = slots_[p];
+  if (pm.state == st(SlotState::kInactive) || (pm.holders & bit(actor)) == 0) {
+    checkpoint(1);
+    log(p);
+    if (pm.state == st(SlotState::kInactive)) {
+      resurrect(p);
+    }
+    pm.holders |= bit(actor);
+  }
+  return Grant{p, pm.generation.load(std::memory_order_relaxed)};
+}
+
+bool BlockStore::holds(std::uint32_t slot, std::uint32_t actor) const noexcept {
+  return (slots_[slot].holders & bit(actor)) != 0;
+}
+
+void BlockStore::release_holder(std::uint32_t slot, std::uint32_t actor) noexcept {
+  auto& m = slots_[slot];
+  if ((m.holders & bit(actor)) == 0) {
+    return;
+  }
+  checkpoint(2);
+  log(slot);
+  m.holders &= ~bit(actor);
+  KVBM_CRASH_POINT("release.bit_cleared");
+  if (m.holders != 0) {
+    return;
+  }
+  if (m.state == st(SlotState::kPrimary)) {
+    if (m.keepalive == 0) {
+      release_primary(slot);
+    }
+    return;
+  }
+  if (m.state == st(SlotState::kDuplicate)) {
+    const std::uint32_t p = m.dup_primary;
+    to_reset(slot);
+    KVBM_CRASH_POINT("release.duplicate_reset");
+    auto& pm = slots_[p];
+    log(p);
+    pm.keepalive -= 1;
+    if (pm.keepalive == 0 && pm.holders == 0) {
+      release_primary(p);
+    }
+  }
+}
+
+void BlockStore::set_reset_on_release(std::uint32_t slot, bool value) noexcept {
+  log(slot);
+  slots_[slot].reset_on_release = value ? 1 : 0;
+}
+
+std::uint64_t BlockStore::drain_inactive(std::uint32_t /*actor*/) noexcept {
+  std::uint64_t drained = 0;
+  for (;;) {
+    checkpoint(1);
+    const std::uint32_t s = backend_->pop_victim();
+    if (s == kNil) {
+      break;
+    }
+    index_.erase(slots_[s].hash_hi, slots_[s].hash_lo, s);
+    log(s);
+    // Through Mutable and straight back, as kvbm-logical's drain does: a new generation and the
+    // default reset-on-release flag.
+    slots_[s].generation.store(slots_[s].generation.load(std::memory_order_relaxed) + 1,
+                               std::memory_order_relaxed);
+    slots_[s].reset_on_release = default_ror_;
+    to_reset(s);
+    KVBM_CRASH_POINT("drain.slot");
+    ++drained;
+  }
+  return drained;
+}
+
+void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    auto& m = slots_[s];
+    if ((m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged)) &&
+        m.owner == proc) {
+      checkpoint(1);
+      log(s);
+      to_reset(s);
+      KVBM_CRASH_POINT("reap.exclusive");
+    }
+    if ((m.holders & bit(proc)) != 0) {
+      release_holder(s, proc);
+      KVBM_CRASH_POINT("reap.holder");
+    }
+  }
+  // The entry change rides in the same armed intent as the last slot changes: rolled back
+  // together, so a reap interrupted here is redone whole by the next reaper.
+  auto& in = ctl_->intent;
+  auto& e = procs_[proc];
+  in.proc_state_before = e.state.load(std::memory_order_relaxed);
+  in.proc_incarnation_before = e.incarnation.load(std::memory_order_relaxed);
+  barrier();
+  in.proc_target = proc;
+  barrier();
+  e.incarnation.store(in.proc_incarnation_before + 1, std::memory_order_relaxed);
+  e.state.store(static_cast<std::uint32_t>(shm::ProcState::kFree), std::memory_order_release);
+  if (!detach) {
+    count(shm::kReapedProcesses);
+  }
+  KVBM_CRASH_POINT("reap.entry_freed");
+}
+
+std::uint64_t BlockStore::claim_process(std::uint32_t proc,
+                                        std::int32_t pid,
+                                        std::uint64_t start_ticks,
+                                        std::uint64_t pidns) noexcept {
+  // Single-word stores, state last: a claim cut short leaves an entry whose byte lock is free,
+  // i.e. a dead entry that the next reaper frees.
+  auto& e = procs_[proc];
+  const std::uint64_t inc = e.incarnation.load(std::memory_order_relaxed) + 1;
+  e.incarnation.store(inc, std::memory_order_relaxed);
+  e.pid.store(pid, std::memory_order_relaxed);
+  e.start_ticks.store(start_ticks, std::memory_order_relaxed);
+  e.pidns_inode.store(pidns, std::memory_order_relaxed);
+  e.attached_ns.store(realtime_now_ns(), std::memory_order_relaxed);
+  e.state.store(static_cast<std::uint32_t>(shm::ProcState::kLive), std::memory_order_release);
+  return inc;
+}
+
+void BlockStore::release_process(std::uint32_t proc, std::uint64_t incarnation) noexcept {
+  auto& e = procs_[proc];
+  if (e.incarnation.load(std::memory_order_relaxed) != incarnation) {
+    return;
+  }
+  e.incarnation.store(incarnation + 1, std::memory_order_relaxed);
+  e.state.store(static_cast<std::uint32_t>(shm::ProcState::kFree), std::memory_order_release);
+}
+
+}  // namespace kvbm::detail

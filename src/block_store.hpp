@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: Apache-2.0
+// BlockStore: the ONLY code that changes slot state. Every method requires the store mutex held by
+// the caller (the Attachment's StoreLock), takes no other lock, allocates nothing and does not
+// throw, so an operation is never abandoned half-way except by the death of the process.
+//
+// Source of truth: SlotMeta. The free list, the inactive backend, the hash index, the state counts
+// and the keep-alive counts are derived and rebuilt from the slots by rebuild_derived().
+// Crash safety: each operation runs inside a transaction (Txn) that records every slot's
+// before-image in the intent record before the slot is changed; recover() rolls an armed intent
+// back, then rebuilds the derived structures.
+// Lock ordering: OFD liveness byte (reaping/attaching) -> store mutex. Nothing is locked inside.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvbm/config.hpp"
+#include "kvbm/sequence_hash.hpp"
+
+#include "hash_index.hpp"
+#include "inactive_backend.hpp"
+#include "segment.hpp"
+#include "shm/intent.hpp"
+
+namespace kvbm::detail {
+
+struct Grant {
+  std::uint32_t slot;
+  std::uint32_t generation;
+};
+
+struct Registered {
+  Grant block;                // what the caller now holds (its holder bit is set)
+  bool staged_freed = false;  // kReject: the staged slot went back to Reset
+};
+
+class BlockStore {
+ public:
+  explicit BlockStore(Segment& segment);
+
+  Segment& segment() { return seg_; }
+  InactiveBackend& backend() { return *backend_; }
+
+  // --- transactions (intent record) -------------------------------------------------------
+  /// Arms the intent for an operation of `actor` (kNil for tools that are not attached).
+  void begin(shm::IntentOp op, std::uint32_t actor);
+  /// Disarms: the slots are consistent again.
+  void commit();
+
+  // --- transitions: each runs inside begin()/commit() ---------------------------------------
+  std::uint64_t free_count() const;
+  std::uint64_t inactive_count() const;
+  /// Requires free_count() + inactive_count() >= n. Reset pool first, then evictions (their
+  /// hashes appended to `evicted` if given).
+  void allocate(std::size_t n,
+                std::uint32_t actor,
+                std::vector<Grant>& out,
+                std::vector<SequenceHash>* evicted) noexcept;
+  /// Mutable -> Staged. False if the slot is not this actor's Mutable slot of that generation.
+  bool stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
+  /// Staged -> Mutable (reset-on-release back to the default).
+  bool unstage(Grant g, std::uint32_t actor) noexcept;
+  /// Mutable or Staged (this actor's, this generation) -> Reset.
+  bool release_exclusive(Grant g, std::uint32_t actor) noexcept;
+  /// True if the slot is this actor's Staged slot of that generation.
+  bool is_staged_by(Grant g, std::uint32_t actor) const noexcept;
+  /// Staged -> Primary / Duplicate / Reset (+ existing primary) per `policy`.
+  Registered register_staged(Grant g, std::uint32_t actor, DuplicationPolicy policy) noexcept;
+  /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set.
+  std::optional<Grant> acquire(SequenceHash hash, std::uint32_t actor) noexcept;
+  /// Clears actor's holder bit; the last holder releases the slot (Primary -> Inactive or Reset,
+  /// Duplicate -> Reset and its keep-alive dropped).
+  void release_holder(std::uint32_t slot, std::uint32_t actor) noexcept;
+  bool holds(std::uint32_t slot, std::uint32_t actor) const noexcept;
+  void set_reset_on_release(std::uint32_t slot, bool value) noexcept;
+  /// Inactive -> Reset for every inactive block; returns how many.
+  std::uint64_t drain_inactive(std::uint32_t actor) noexcept;
+  /// Releases everything process entry `proc` holds and frees the entry. A dead process's entry
+  /// counts in kvbm_reaped_processes_total; a clean detach (`detach`) does not.
+  void reap(std::uint32_t proc, bool detach = false) noexcept;
+  /// Claims entry `proc` for a new attachment; returns its new incarnation.
+  std::uint64_t claim_process(std::uint32_t proc,
+                              std::int32_t pid,
+                              std::uint64_t start_ticks,
+                              std::uint64_t pidns) noexcept;
+  /// Frees entry `proc` if its incarnation is still `incarnation`.
+  void release_process(std::uint32_t proc, std::uint64_t incarnation) noexcept;
+
+  void count(shm::Counter c, std::uint64_t n = 1) noexcept;
+  /// Tests only: record a slot's before-image as an operation would.
+  void log_for_test(std::uint32_t slot) noexcept { log(slot); }
+
+  // --- recovery and checking ------------------------------------------------------------
+  /// On EOWNERDEAD: roll back an armed intent, rebuild everything derived, check invariants.
+  /// Returns the problems that remain (empty = recovered).
+  std::vector<std::string> recover();
+  /// Rebuilds free list, inactive backend, hash index, state and keep-alive counts from slots.
+  /// Returns problems it could not fix (e.g. two cached slots with one hash).
+  std::vector<std::string> rebuild_derived();
+  /// Every broken invariant of the slots and derived structures (not liveness).
+  void verify(std::vector<std::string>& problems) const;
+
+ private:
+  void log(std::uint32_t slot) noexcept;
+  /// Commits and re-arms when fewer than `reserve` image slots are left in the intent.
+  void checkpoint(std::uint32_t reserve) noexcept;
+  void set_state(shm::SlotMeta& m, shm::SlotState s) noexcept;
+  void to_reset(std::uint32_t slot) noexcept;  // requires: logged; pushes to the free list
+  void to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept;
+  void release_primary(std::uint32_t slot) noexcept;  // requires: logged, no holder, no keep-alive
+  void resurrect(std::uint32_t slot) noexcept;        // Inactive -> Primary; requires: logged
+  SequenceHash hash_of(std::uint32_t slot) const noexcept;
+
+  Segment& seg_;
+  shm::ControlBlock* ctl_;
+  shm::SlotMeta* slots_;
+  shm::ProcEntry* procs_;
+  std::uint32_t n_;
+  std::uint8_t default_ror_;
+  HashIndex index_;
+  std::unique_ptr<InactiveBackend> backend_;
+};
+
+}  // namespace kvbm::detail

@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: Apache-2.0
+// The block guards. Destructors never throw and do nothing in a fork child or when the
+// attachment was fenced or poisoned (the reaper / kvbm-ctl repair own the slot then).
+#include "kvbm/blocks.hpp"
+
+#include <stdexcept>
+
+#include "attachment.hpp"
+#include "handle_access.hpp"
+
+namespace kvbm {
+
+using detail::Attachment;
+using detail::Grant;
+using shm::IntentOp;
+
+namespace {
+
+void release_exclusive(std::shared_ptr<Attachment>& att, BlockId id, std::uint32_t gen) noexcept {
+  if (!att) {
+    return;
+  }
+  if (auto l = att->lock_quiet()) {
+    auto& store = att->store();
+    store.begin(IntentOp::kReleaseExclusive, att->me());
+    store.release_exclusive(Grant{id, gen}, att->me());
+    store.commit();
+  }
+  att.reset();
+}
+
+std::span<std::byte> payload_of(Attachment& att, BlockId id) {
+  std::byte* base = att.segment().payload();
+  const std::uint64_t bpb = att.config().bytes_per_block;
+  if (base == nullptr || bpb == 0) {
+    return {};
+  }
+  return {base + std::uint64_t{id} * bpb, static_cast<std::size_t>(bpb)};
+}
+
+Attachment& require(const std::shared_ptr<Attachment>& att, const char* what) {
+  if (!att) {
+    throw std::logic_error(std::string("kvbm: use of an empty ") + what);
+  }
+  att->check_fork();
+  return *att;
+}
+
+}  // namespace
+
+// --- MutableBlock -------------------------------------------------------------------------------
+
+MutableBlock::MutableBlock(MutableBlock&& o) noexcept
+    : att_(std::move(o.att_)), id_(o.id_), gen_(o.gen_) {}
+
+MutableBlock& MutableBlock::operator=(MutableBlock&& o) noexcept {
+  if (this != &o) {
+    release_exclusive(att_, id_, gen_);
+    att_ = std::move(o.att_);
+    id_ = o.id_;
+    gen_ = o.gen_;
+  }
+  return *this;
+}
+
+MutableBlock::~MutableBlock() {
+  release_exclusive(att_, id_, gen_);
+}
+
+std::uint32_t MutableBlock::block_size() const {
+  return require(att_, "MutableBlock").config().block_size;
+}
+
+std::span<std::byte> MutableBlock::data() {
+  return payload_of(require(att_, "MutableBlock"), id_);
+}
+
+Result<CompleteBlock, BlockSizeMismatch> MutableBlock::stage(SequenceHash hash,
+                                                             std::uint32_t block_size) && {
+  Attachment& att = require(att_, "MutableBlock");
+  const std::uint32_t expected = att.config().block_size;
+  if (block_size != expected) {
+    return tl::unexpected(BlockSizeMismatch{expected, block_size, std::move(*this)});
+  }
+  const bool ok = att.run(IntentOp::kStage, [&](detail::BlockStore& store) {
+    return store.stage(Grant{id_, gen_}, att.me(), hash);
+  });
+  if (!ok) {
+    throw std::logic_error("kvbm: MutableBlock is no longer owned by this process");
+  }
+  CompleteBlock done = detail::HandleAccess::make_complete(std::move(att_), Grant{id_, gen_}, hash);
+  return done;
+}
+
+// --- CompleteBlock ------------------------------------------------------------------------------
+
+CompleteBlock::CompleteBlock(CompleteBlock&& o) noexcept
+    : att_(std::move(o.att_)), id_(o.id_), gen_(o.gen_), hash_(o.hash_) {}
+
+CompleteBlock& CompleteBlock::operator=(CompleteBlock&& o) noexcept {
+  if (this != &o) {
+    release_exclusive(att_, id_, gen_);
+    att_ = std::move(o.att_);
+    id_ = o.id_;
+    gen_ = o.gen_;
+    hash_ = o.hash_;
+  }
+  return *this;
+}
+
+CompleteBlock::~CompleteBlock() {
+  release_exclusive(att_, id_, gen_);
+}
+
+std::uint32_t CompleteBlock::block_size() const {
+  return require(att_, "CompleteBlock").config().block_size;
+}
+
+MutableBlock CompleteBlock::reset() && {
+  Attachment& att = require(att_, "CompleteBlock");
+  const bool ok = att.run(IntentOp::kUnstage, [&](detail::BlockStore& store) {
+    return store.unstage(Grant{id_, gen_}, att.me());
+  });
+  if (!ok) {
+    throw std::logic_error("kvbm: CompleteBlock is no longer owned by this process");
+  }
+  MutableBlock m = detail::HandleAccess::make_mutable(att_, Grant{id_, gen_});
+  att_.reset();
+  return m;
+}
+
+// --- ImmutableBlock -----------------------------------------------------------------------------
+
+ImmutableBlock::ImmutableBlock(const ImmutableBlock& o)
+    : att_(o.att_), id_(o.id_), gen_(o.gen_), hash_(o.hash_) {
+  if (att_) {
+    att_->local(id_).fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+ImmutableBlock& ImmutableBlock::operator=(const ImmutableBlock& o) {
+  if (this != &o) {
+    ImmutableBlock copy(o);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+ImmutableBlock::ImmutableBlock(ImmutableBlock&& o) noexcept
+    : att_(std::move(o.att_)), id_(o.id_), gen_(o.gen_), hash_(o.hash_) {}
+
+ImmutableBlock& ImmutableBlock::operator=(ImmutableBlock&& o) noexcept {
+  if (this != &o) {
+    release();
+    att_ = std::move(o.att_);
+    id_ = o.id_;
+    gen_ = o.gen_;
+    hash_ = o.hash_;
+  }
+  return *this;
+}
+
+ImmutableBlock::~ImmutableBlock() {
+  release();
+}
+
+void ImmutableBlock::release() noexcept {
+  if (!att_) {
+    return;
+  }
+  if (!att_->forked() && att_->local(id_).fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    att_->release_holder(id_);
+  }
+  att_.reset();
+}
+
+std::size_t ImmutableBlock::use_count() const {
+  return require(att_, "ImmutableBlock").local(id_).load(std::memory_order_relaxed);
+}
+
+WeakBlock ImmutableBlock::downgrade() const {
+  require(att_, "ImmutableBlock");
+  return detail::HandleAccess::make_weak(att_, Grant{id_, gen_}, hash_);
+}
+
+void ImmutableBlock::set_reset_on_release(bool value) const {
+  Attachment& att = require(att_, "ImmutableBlock");
+  att.run(IntentOp::kSetResetOnRelease, [&](detail::BlockStore& store) {
+    store.set_reset_on_release(id_, value);
+    return true;
+  });
+}
+
+std::span<const std::byte> ImmutableBlock::data() const {
+  return payload_of(require(att_, "ImmutableBlock"), id_);
+}
+
+// --- WeakBlock ----------------------------------------------------------------------------------
+
+std::optional<ImmutableBlock> WeakBlock::upgrade() const {
+  if (!att_) {
+    return std::nullopt;
+  }
+  Attachment& att = require(att_, "WeakBlock");
+  // Fast path: while this process holds the slot (count > 0) its generation cannot change, so
+  // a matching generation proves the slot still carries this block.
+  auto& count = att.local(id_);
+  std::uint32_t c = count.load(std::memory_order_relaxed);
+  while (c > 0) {
+    if (count.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
+      ImmutableBlock held = detail::HandleAccess::make_immutable(att_, Grant{id_, gen_}, hash_);
+      if (att.slot_generation(id_) == gen_) {
+        return held;
+      }
+      break;  // `held` is released on scope exit
+    }
+  }
+  std::optional<Grant> g;
+  {
+    auto lock = att.lock();
+    auto& store = att.store();
+    store.begin(IntentOp::kAcquire, att.me());
+    g = store.acquire(hash_, att.me());
+    if (g) {
+      att.local(g->slot).fetch_add(1, std::memory_order_relaxed);
+    }
+    store.commit();
+  }
+  if (!g) {
+    return std::nullopt;
+  }
+  return detail::HandleAccess::make_immutable(att_, *g, hash_);
+}
+
+}  // namespace kvbm

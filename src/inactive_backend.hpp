@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+// InactiveBackend: the eviction order of the inactive pool. Its state lives in the segment and is
+// derived: rebuild() restores it from the Inactive slots (and the per-slot tick/level fields the
+// backend keeps), so the order survives recovery. Called only by BlockStore under the store mutex.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kvbm::detail {
+
+class Segment;
+
+class InactiveBackend {
+ public:
+  virtual ~InactiveBackend() = default;
+  /// `slot` has just become Inactive (its tick is set). O(1) or O(log n).
+  virtual void insert(std::uint32_t slot) = 0;
+  /// `slot` is Inactive and leaves the pool (a hit: resurrection). O(1) or O(log n).
+  virtual void remove(std::uint32_t slot) = 0;
+  /// Removes and returns the next victim, kNil if the pool is empty.
+  virtual std::uint32_t pop_victim() = 0;
+  virtual std::uint64_t size() const = 0;
+  /// Rebuilds the backend's structures from the Inactive slots.
+  virtual void rebuild() = 0;
+  /// Appends a line per broken invariant of the backend's structures.
+  virtual void verify(std::vector<std::string>& problems) const = 0;
+};
+
+/// The backend selected by the segment's config.
+std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment);
+
+}  // namespace kvbm::detail

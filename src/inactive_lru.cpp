@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+// LRU backend (spec 7.2): hits remove the entry, so the order is the time of entry into the
+// inactive pool; the victim is the oldest entry. The same order is the FIFO backend's (7.4).
+// State: ControlBlock::inactive_list, linked through the slots, ordered by SlotMeta::tick.
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "inactive_backend.hpp"
+#include "segment.hpp"
+#include "slot_list.hpp"
+
+namespace kvbm::detail {
+namespace {
+
+class LruBackend final : public InactiveBackend {
+ public:
+  explicit LruBackend(Segment& seg)
+      : list_(seg.control()->inactive_list), slots_(seg.slots()), n_(seg.block_count()) {}
+
+  void insert(std::uint32_t slot) override { list_push_back(list_, slots_, slot); }
+  void remove(std::uint32_t slot) override { list_unlink(list_, slots_, slot); }
+  std::uint32_t pop_victim() override { return list_pop_front(list_, slots_); }
+  std::uint64_t size() const override { return list_.length; }
+
+  void rebuild() override {
+    std::vector<std::uint32_t> ids;
+    for (std::uint32_t s = 0; s < n_; ++s) {
+      if (slots_[s].state == static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
+        ids.push_back(s);
+      }
+    }
+    std::sort(ids.begin(), ids.end(),
+              [this](std::uint32_t a, std::uint32_t b) { return slots_[a].tick < slots_[b].tick; });
+    list_assign(list_, slots_, ids);
+  }
+
+  void verify(std::vector<std::string>& problems) const override {
+    std::uint64_t seen = 0;
+    std::uint32_t prev = shm::kNil;
+    std::uint64_t last_tick = 0;
+    for (std::uint32_t s = list_.head; s != shm::kNil; s = slots_[s].next) {
+      if (s >= n_ || seen > n_) {
+        problems.push_back("inactive list: link out of range or cycle");
+        return;
+      }
+      if (slots_[s].state != static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
+        problems.push_back(fmt::format("inactive list: slot {} is not Inactive", s));
+      }
+      if (slots_[s].prev != prev) {
+        problems.push_back(fmt::format("inactive list: slot {} has a wrong back link", s));
+      }
+      if (seen > 0 && slots_[s].tick < last_tick) {
+        problems.push_back(fmt::format("inactive list: slot {} is out of tick order", s));
+      }
+      last_tick = slots_[s].tick;
+      prev = s;
+      ++seen;
+    }
+    if (seen != list_.length) {
+      problems.push_back(
+          fmt::format("inactive list: length {} but {} entries linked", list_.length, seen));
+    }
+    if (list_.tail != prev) {
+      problems.push_back("inactive list: tail does not match the last entry");
+    }
+  }
+
+ private:
+  shm::SlotList& list_;
+  shm::SlotMeta* slots_;
+  std::uint32_t n_;
+};
+
+}  // namespace
+
+std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment) {
+  // Lineage and MultiLRU keep their own structures in the segment (their regions are added with
+  // those backends); until then every policy evicts in entry order, which is exactly FIFO's and
+  // LRU's order.
+  return std::make_unique<LruBackend>(segment);
+}
+
+}  // namespace kvbm::detail

@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
+// Reads the segment-wide metrics from a mapped segment. Lock-free (relaxed loads); callers that
+// need one consistent snapshot hold the store mutex. Used by BlockManager::metrics and kvbm-ctl.
+#pragma once
+
+#include "kvbm/metrics.hpp"
+
+#include "segment.hpp"
+
+namespace kvbm::detail {
+MetricsSnapshot read_metrics(const Segment& segment);
+}

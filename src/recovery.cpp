@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Recovery after a process died holding the store mutex: roll back the armed intent (restoring
+// the before-images newest first, so each slot ends at its oldest image), then rebuild every
+// derived structure from the slots. Idempotent: a recovery cut short by another death is simply
+// run again by the next lock holder.
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "block_store.hpp"
+#include "crash_point.hpp"
+#include "slot_list.hpp"
+
+namespace kvbm::detail {
+
+using shm::kNil;
+using shm::SlotState;
+
+std::vector<std::string> BlockStore::recover() {
+  auto& in = ctl_->intent;
+  KVBM_CRASH_POINT("recover.start");
+  if ((in.seq.load(std::memory_order_relaxed) & 1) != 0) {
+    const std::uint32_t count = std::min(in.count, shm::kIntentMaxSlots);
+    for (std::uint32_t i = count; i-- > 0;) {
+      if (in.slot[i] < n_) {
+        slots_[in.slot[i]].restore(in.before[i]);
+      }
+      KVBM_CRASH_POINT("recover.restore");
+    }
+    for (std::uint32_t c = 0; c < shm::kCounterSlots; ++c) {
+      ctl_->counters[c].store(in.counters_before[c], std::memory_order_relaxed);
+    }
+    if (in.proc_target < seg_.max_processes()) {
+      auto& e = procs_[in.proc_target];
+      e.state.store(in.proc_state_before, std::memory_order_relaxed);
+      e.incarnation.store(in.proc_incarnation_before, std::memory_order_relaxed);
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    in.seq.store(in.seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    KVBM_CRASH_POINT("recover.rolled_back");
+  }
+  std::vector<std::string> problems = rebuild_derived();
+  KVBM_CRASH_POINT("recover.rebuilt");
+  verify(problems);
+  if (problems.empty()) {
+    seg_.header()->epoch.fetch_add(1, std::memory_order_relaxed);
+    count(shm::kRecoveries);
+  }
+  return problems;
+}
+
+std::vector<std::string> BlockStore::rebuild_derived() {
+  std::vector<std::string> problems;
+  std::uint64_t counts[shm::kSlotStateCount] = {};
+  std::vector<std::uint32_t> reset_ids;
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    auto& m = slots_[s];
+    if (m.state >= shm::kSlotStateCount) {
+      problems.push_back(fmt::format("slot {}: invalid state value {}", s, m.state));
+      continue;
+    }
+    ++counts[m.state];
+    if (m.state == static_cast<std::uint8_t>(SlotState::kPrimary)) {
+      m.keepalive = 0;
+    }
+    if (m.state == static_cast<std::uint8_t>(SlotState::kReset)) {
+      reset_ids.push_back(s);
+    }
+  }
+  for (std::uint32_t i = 0; i < 8; ++i) {
+    ctl_->state_counts[i].store(i < shm::kSlotStateCount ? counts[i] : 0,
+                                std::memory_order_relaxed);
+  }
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    const auto& m = slots_[s];
+    if (m.state != static_cast<std::uint8_t>(SlotState::kDuplicate)) {
+      continue;
+    }
+    if (m.dup_primary < n_ &&
+        slots_[m.dup_primary].state == static_cast<std::uint8_t>(SlotState::kPrimary)) {
+      slots_[m.dup_primary].keepalive += 1;
+    } else {
+      problems.push_back(fmt::format("slot {}: duplicate without a primary", s));
+    }
+  }
+  std::sort(reset_ids.begin(), reset_ids.end(),
+            [this](std::uint32_t a, std::uint32_t b) { return slots_[a].tick < slots_[b].tick; });
+  list_assign(ctl_->free_list, slots_, reset_ids);
+  backend_->rebuild();
+  index_.clear();
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    const auto& m = slots_[s];
+    if (m.state != static_cast<std::uint8_t>(SlotState::kPrimary) &&
+        m.state != static_cast<std::uint8_t>(SlotState::kInactive)) {
+      continue;
+    }
+    if (const std::uint32_t other = index_.find(m.hash_hi, m.hash_lo); other != kNil) {
+      problems.push_back(
+          fmt::format("slots {} and {} are both the cached copy of hash {}", other, s, hash_of(s)));
+      continue;
+    }
+    index_.insert(m.hash_hi, m.hash_lo, s);
+  }
+  return problems;
+}
+
+}  // namespace kvbm::detail

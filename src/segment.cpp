@@ -1,0 +1,541 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "segment.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstring>
+#include <random>
+#include <regex>
+#include <thread>
+
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <fmt/format.h>
+
+#include "process_table.hpp"
+
+namespace kvbm::detail {
+namespace bip = boost::interprocess;
+
+namespace {
+
+Error make_error(Errc code, std::string message, int sys_errno = 0) {
+  return Error{code, sys_errno, std::move(message)};
+}
+
+// FNV-1a over the sizes and offsets of every segment-resident type: a segment written by a build
+// with another layout is refused instead of misread.
+constexpr std::uint64_t fnv(std::uint64_t h, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) {
+    h ^= (v >> (8 * i)) & 0xFF;
+    h *= 0x100000001B3ull;
+  }
+  return h;
+}
+
+#define KVBM_FP_OFF(T, f) offsetof(T, f)
+std::uint64_t compute_fingerprint() {
+  using namespace shm;
+  std::uint64_t h = 0xCBF29CE484222325ull;
+  const std::uint64_t parts[] = {sizeof(SegmentHeader),
+                                 alignof(SegmentHeader),
+                                 KVBM_FP_OFF(SegmentHeader, config),
+                                 KVBM_FP_OFF(SegmentHeader, regions),
+                                 KVBM_FP_OFF(SegmentHeader, init_state),
+                                 KVBM_FP_OFF(SegmentHeader, epoch),
+                                 sizeof(ConfigRecord),
+                                 sizeof(ControlBlock),
+                                 KVBM_FP_OFF(ControlBlock, intent),
+                                 KVBM_FP_OFF(ControlBlock, free_list),
+                                 KVBM_FP_OFF(ControlBlock, inactive_list),
+                                 KVBM_FP_OFF(ControlBlock, state_counts),
+                                 KVBM_FP_OFF(ControlBlock, counters),
+                                 sizeof(Intent),
+                                 kIntentMaxSlots,
+                                 sizeof(SlotImage),
+                                 sizeof(RobustMutex),
+                                 sizeof(ProcEntry),
+                                 sizeof(SlotMeta),
+                                 KVBM_FP_OFF(SlotMeta, holders),
+                                 KVBM_FP_OFF(SlotMeta, tick),
+                                 sizeof(IndexEntry),
+                                 kCacheLine,
+                                 kMaxProcesses,
+                                 kLivenessLockBase};
+  for (std::uint64_t p : parts) {
+    h = fnv(h, p);
+  }
+  return h;
+}
+#undef KVBM_FP_OFF
+
+bool is_power_of_two(std::uint64_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
+
+Error boost_error(const bip::interprocess_exception& e, std::string_view name, const char* what) {
+  int err = e.get_native_error();
+  if (err == ENOENT || e.get_error_code() == bip::not_found_error) {
+    return make_error(Errc::kNotFound, fmt::format("segment '{}' does not exist", name), ENOENT);
+  }
+  if (err == EEXIST || e.get_error_code() == bip::already_exists_error) {
+    return make_error(Errc::kAlreadyExists, fmt::format("segment '{}' already exists", name),
+                      EEXIST);
+  }
+  if (err == EACCES || err == EPERM || e.get_error_code() == bip::security_error) {
+    return make_error(Errc::kPermissionDenied,
+                      fmt::format("no permission to {} segment '{}'", what, name), err);
+  }
+  return make_error(Errc::kSystem, fmt::format("cannot {} segment '{}': {}", what, name, e.what()),
+                    err);
+}
+
+std::uint64_t realtime_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
+
+std::uint64_t abi_fingerprint() {
+  static const std::uint64_t fp = compute_fingerprint();
+  return fp;
+}
+
+std::string payload_name(std::string_view name) {
+  return fmt::format("{}.payload", name);
+}
+
+Layout compute_layout(const shm::ConfigRecord& c) {
+  Layout l;
+  std::uint64_t off = shm::align_up(sizeof(shm::SegmentHeader), shm::kCacheLine);
+  auto place = [&](shm::Region r, std::uint64_t bytes) {
+    l.regions[r] = shm::RegionEntry{off, bytes};
+    off = shm::align_up(off + bytes, shm::kCacheLine);
+  };
+  l.index_capacity = std::max<std::uint32_t>(16, c.block_count * 2);
+  place(shm::kRegionControl, sizeof(shm::ControlBlock));
+  place(shm::kRegionProcesses, std::uint64_t{c.max_processes} * sizeof(shm::ProcEntry));
+  place(shm::kRegionSlots, std::uint64_t{c.block_count} * sizeof(shm::SlotMeta));
+  place(shm::kRegionIndex, std::uint64_t{l.index_capacity} * sizeof(shm::IndexEntry));
+  l.total_bytes = off;
+  return l;
+}
+
+Result<void> validate_name(std::string_view name) {
+  static const std::regex kNameRe("[A-Za-z0-9][A-Za-z0-9._-]{0,199}");
+  if (name.empty()) {
+    return tl::unexpected(make_error(Errc::kInvalidConfig, "segment name is empty"));
+  }
+  if (name.size() > 200) {
+    return tl::unexpected(make_error(
+        Errc::kInvalidConfig, fmt::format("segment name is {} characters long; at most 200 are "
+                                          "allowed",
+                                          name.size())));
+  }
+  if (!std::regex_match(name.begin(), name.end(), kNameRe)) {
+    return tl::unexpected(make_error(
+        Errc::kInvalidConfig,
+        fmt::format("invalid segment name '{}': use letters, digits, '.', '_' and '-', starting "
+                    "with a letter or digit (no '/')",
+                    name)));
+  }
+  return {};
+}
+
+Result<void> validate_config(const SegmentConfig& c) {
+  if (auto ok = validate_name(c.name); !ok) {
+    return ok;
+  }
+  auto bad = [](std::string msg) { return tl::unexpected(make_error(Errc::kInvalidConfig, msg)); };
+  if (c.block_count == 0) {
+    return bad("block_count must be greater than 0");
+  }
+  if (c.block_count >= shm::kNil / 2) {
+    return bad(
+        fmt::format("block_count {} is too large (at most {})", c.block_count, shm::kNil / 2 - 1));
+  }
+  if (!is_power_of_two(c.block_size) || c.block_size > 1024) {
+    return bad(
+        fmt::format("block_size {} must be a power of two between 1 and 1024", c.block_size));
+  }
+  if (c.max_processes < 1 || c.max_processes > shm::kMaxProcesses) {
+    return bad(fmt::format("max_processes {} must be between 1 and {}", c.max_processes,
+                           shm::kMaxProcesses));
+  }
+  auto [a, b, t3] = c.multi_lru_thresholds;
+  if (!(a >= 1 && a < b && b < t3 && t3 <= 15)) {
+    return bad(fmt::format("multi_lru_thresholds {{{}, {}, {}}} must satisfy 1 <= a < b < c <= 15",
+                           a, b, t3));
+  }
+  if (!is_power_of_two(c.frequency_capacity) || c.frequency_capacity < (1u << 10) ||
+      c.frequency_capacity > (1u << 26)) {
+    return bad(fmt::format("frequency_capacity {} must be a power of two in [2^10, 2^26]",
+                           c.frequency_capacity));
+  }
+  if (static_cast<unsigned>(c.eviction) > 3 || static_cast<unsigned>(c.duplication) > 1 ||
+      static_cast<unsigned>(c.lineage_order) > 1) {
+    return bad("unknown eviction, duplication or lineage order value");
+  }
+  if ((c.permissions & ~0777u) != 0) {
+    return bad(fmt::format("permissions {:o} must be a file mode within 0777", c.permissions));
+  }
+  if (c.bytes_per_block > 0 &&
+      c.bytes_per_block > (std::uint64_t{1} << 40) / std::max<std::uint64_t>(1, c.block_count)) {
+    return bad("payload region would exceed 1 TiB (bytes_per_block x block_count)");
+  }
+  return {};
+}
+
+shm::ConfigRecord to_record(const SegmentConfig& c) {
+  shm::ConfigRecord r{};
+  r.block_count = c.block_count;
+  r.block_size = c.block_size;
+  r.max_processes = c.max_processes;
+  r.eviction = static_cast<std::uint32_t>(c.eviction);
+  r.lineage_order = static_cast<std::uint32_t>(c.lineage_order);
+  r.duplication = static_cast<std::uint32_t>(c.duplication);
+  r.default_reset_on_release = c.default_reset_on_release ? 1 : 0;
+  r.frequency_capacity = c.frequency_capacity;
+  for (int i = 0; i < 3; ++i) {
+    r.multi_lru_thresholds[i] = c.multi_lru_thresholds[i];
+  }
+  r.permissions = c.permissions;
+  r.bytes_per_block = c.bytes_per_block;
+  return r;
+}
+
+SegmentConfig from_record(std::string_view name, const shm::ConfigRecord& r) {
+  SegmentConfig c;
+  c.name = std::string(name);
+  c.block_count = r.block_count;
+  c.block_size = r.block_size;
+  c.max_processes = r.max_processes;
+  c.eviction = static_cast<EvictionPolicy>(r.eviction);
+  c.lineage_order = static_cast<LineageOrder>(r.lineage_order);
+  c.duplication = static_cast<DuplicationPolicy>(r.duplication);
+  c.default_reset_on_release = r.default_reset_on_release != 0;
+  c.frequency_capacity = r.frequency_capacity;
+  for (int i = 0; i < 3; ++i) {
+    c.multi_lru_thresholds[i] = r.multi_lru_thresholds[i];
+  }
+  c.permissions = r.permissions;
+  c.bytes_per_block = r.bytes_per_block;
+  return c;
+}
+
+std::string first_config_difference(const SegmentConfig& a, const SegmentConfig& b) {
+  if (a.block_count != b.block_count)
+    return "block_count";
+  if (a.block_size != b.block_size)
+    return "block_size";
+  if (a.max_processes != b.max_processes)
+    return "max_processes";
+  if (a.eviction != b.eviction)
+    return "eviction";
+  if (a.lineage_order != b.lineage_order)
+    return "lineage_order";
+  if (a.duplication != b.duplication)
+    return "duplication";
+  if (a.default_reset_on_release != b.default_reset_on_release)
+    return "default_reset_on_release";
+  if (a.multi_lru_thresholds != b.multi_lru_thresholds)
+    return "multi_lru_thresholds";
+  if (a.frequency_capacity != b.frequency_capacity)
+    return "frequency_capacity";
+  if (a.bytes_per_block != b.bytes_per_block)
+    return "bytes_per_block";
+  return {};
+}
+
+Segment::~Segment() {
+  // Unmapping must never happen while this process holds the store mutex (the kernel would stop
+  // walking the robust list); no code path keeps the lock past a public call.
+  region_.reset();
+  payload_region_.reset();
+  if (fd_ >= 0) {
+    ::close(fd_);
+  }
+}
+
+void Segment::bind_regions() {
+  auto* base = static_cast<std::byte*>(region_->get_address());
+  header_ = reinterpret_cast<shm::SegmentHeader*>(base);
+  const auto& r = header_->regions;
+  control_ = reinterpret_cast<shm::ControlBlock*>(base + r[shm::kRegionControl].offset);
+  procs_ = reinterpret_cast<shm::ProcEntry*>(base + r[shm::kRegionProcesses].offset);
+  slots_ = reinterpret_cast<shm::SlotMeta*>(base + r[shm::kRegionSlots].offset);
+  index_ = reinterpret_cast<shm::IndexEntry*>(base + r[shm::kRegionIndex].offset);
+  index_capacity_ = header_->index_capacity;
+}
+
+Result<void> Segment::map_payload(bool create, Access access) {
+  if (config_.bytes_per_block == 0) {
+    return {};
+  }
+  const std::string pname = payload_name(config_.name);
+  const std::uint64_t bytes = config_.bytes_per_block * config_.block_count;
+  try {
+    std::unique_ptr<bip::shared_memory_object> obj;
+    if (create) {
+      obj = std::make_unique<bip::shared_memory_object>(
+          bip::create_only, pname.c_str(), bip::read_write,
+          bip::permissions(static_cast<int>(config_.permissions)));
+      obj->truncate(static_cast<bip::offset_t>(bytes));
+      if (int rc =
+              ::posix_fallocate(obj->get_mapping_handle().handle, 0, static_cast<off_t>(bytes));
+          rc != 0) {
+        return tl::unexpected(make_error(Errc::kSystem,
+                                         fmt::format("cannot reserve {} bytes for payload '{}': {}",
+                                                     bytes, pname, std::strerror(rc)),
+                                         rc));
+      }
+    } else {
+      obj = std::make_unique<bip::shared_memory_object>(
+          bip::open_only, pname.c_str(),
+          access == Access::kReadOnly ? bip::read_only : bip::read_write);
+      bip::offset_t size = 0;
+      if (!obj->get_size(size) || static_cast<std::uint64_t>(size) < bytes) {
+        return tl::unexpected(
+            make_error(Errc::kCorrupted,
+                       fmt::format("payload object '{}' is smaller than {} bytes", pname, bytes)));
+      }
+    }
+    payload_region_ = std::make_unique<bip::mapped_region>(
+        *obj, access == Access::kReadOnly ? bip::read_only : bip::read_write, 0, bytes);
+    payload_ = static_cast<std::byte*>(payload_region_->get_address());
+  } catch (const bip::interprocess_exception& e) {
+    return tl::unexpected(boost_error(e, pname, create ? "create payload of" : "open payload of"));
+  }
+  return {};
+}
+
+Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
+  if (auto ok = validate_config(config); !ok) {
+    return tl::unexpected(ok.error());
+  }
+  const shm::ConfigRecord record = to_record(config);
+  const Layout layout = compute_layout(record);
+  std::unique_ptr<Segment> seg(new Segment());
+  seg->config_ = config;
+  std::unique_ptr<bip::shared_memory_object> obj;
+  try {
+    obj = std::make_unique<bip::shared_memory_object>(
+        bip::create_only, config.name.c_str(), bip::read_write,
+        bip::permissions(static_cast<int>(config.permissions)));
+  } catch (const bip::interprocess_exception& e) {
+    return tl::unexpected(boost_error(e, config.name, "create"));
+  }
+  // From here on a failure unlinks the half-made object so the name is free again.
+  auto fail = [&](Error err) -> Result<std::unique_ptr<Segment>> {
+    seg.reset();
+    obj.reset();
+    bip::shared_memory_object::remove(config.name.c_str());
+    bip::shared_memory_object::remove(payload_name(config.name).c_str());
+    return tl::unexpected(std::move(err));
+  };
+  seg->fd_ = ::fcntl(obj->get_mapping_handle().handle, F_DUPFD_CLOEXEC, 3);
+  if (seg->fd_ < 0) {
+    return fail(make_error(Errc::kSystem, "cannot duplicate the segment fd", errno));
+  }
+  // Held while initialising: an opener that finds init_state stuck and this lock free knows the
+  // creator died.
+  ofd_try_lock(seg->fd_, shm::kInitLockOffset);
+  try {
+    obj->truncate(static_cast<bip::offset_t>(layout.total_bytes));
+  } catch (const bip::interprocess_exception& e) {
+    return fail(boost_error(e, config.name, "size"));
+  }
+  // Reserve the tmpfs pages now: a page fault later must not SIGBUS a process mid-transition
+  // because /dev/shm filled up.
+  if (int rc = ::posix_fallocate(seg->fd_, 0, static_cast<off_t>(layout.total_bytes)); rc != 0) {
+    return fail(make_error(Errc::kSystem,
+                           fmt::format("cannot reserve {} bytes in /dev/shm for '{}': {}",
+                                       layout.total_bytes, config.name, std::strerror(rc)),
+                           rc));
+  }
+  try {
+    seg->region_ = std::make_unique<bip::mapped_region>(*obj, bip::read_write);
+  } catch (const bip::interprocess_exception& e) {
+    return fail(boost_error(e, config.name, "map"));
+  }
+  obj.reset();  // our own fd keeps the object open; Boost's is closed
+  seg->mapped_bytes_ = layout.total_bytes;
+
+  auto* h = new (seg->region_->get_address()) shm::SegmentHeader();
+  h->init_state.store(static_cast<std::uint32_t>(shm::InitState::kInitializing),
+                      std::memory_order_relaxed);
+  h->magic = shm::kMagic;
+  h->layout_major = shm::kLayoutMajor;
+  h->layout_minor = shm::kLayoutMinor;
+  h->header_bytes = sizeof(shm::SegmentHeader);
+  h->abi_fingerprint = abi_fingerprint();
+  h->segment_bytes = layout.total_bytes;
+  h->nonce = std::random_device{}() | (std::uint64_t{std::random_device{}()} << 32);
+  h->created_ns = realtime_ns();
+  h->creator_pid = ::getpid();
+  h->index_capacity = layout.index_capacity;
+  std::snprintf(h->name, sizeof(h->name), "%s", config.name.c_str());
+  h->config = record;
+  std::memcpy(h->regions, layout.regions, sizeof(layout.regions));
+  seg->bind_regions();
+
+  auto* ctl = new (seg->control_) shm::ControlBlock();
+  if (!ctl->mutex.init()) {
+    return fail(make_error(Errc::kSystem, "cannot initialise the robust store mutex"));
+  }
+  for (std::uint32_t p = 0; p < config.max_processes; ++p) {
+    new (&seg->procs_[p]) shm::ProcEntry();
+  }
+  const std::uint32_t n = config.block_count;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    auto* s = new (&seg->slots_[i]) shm::SlotMeta();
+    s->state = static_cast<std::uint8_t>(shm::SlotState::kReset);
+    s->reset_on_release = record.default_reset_on_release;
+    s->owner = shm::kNil;
+    s->dup_primary = shm::kNil;
+    s->prev = i == 0 ? shm::kNil : i - 1;
+    s->next = i + 1 == n ? shm::kNil : i + 1;
+    s->tick = i;
+  }
+  ctl->free_list = shm::SlotList{0, n - 1, n};
+  ctl->inactive_list = shm::SlotList{shm::kNil, shm::kNil, 0};
+  ctl->next_tick = n;
+  ctl->state_counts[static_cast<int>(shm::SlotState::kReset)].store(n);
+  for (std::uint32_t b = 0; b < layout.index_capacity; ++b) {
+    seg->index_[b] = shm::IndexEntry{shm::kNil, 0};
+  }
+  if (auto ok = seg->map_payload(true, Access::kReadWrite); !ok) {
+    return fail(ok.error());
+  }
+  h->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady),
+                      std::memory_order_release);
+  ofd_unlock(seg->fd_, shm::kInitLockOffset);
+  return seg;
+}
+
+Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access access) {
+  if (auto ok = validate_name(name); !ok) {
+    return tl::unexpected(ok.error());
+  }
+  const std::string sname(name);
+  std::unique_ptr<Segment> seg(new Segment());
+  std::unique_ptr<bip::shared_memory_object> obj;
+  const auto mode = access == Access::kReadOnly ? bip::read_only : bip::read_write;
+  try {
+    obj = std::make_unique<bip::shared_memory_object>(bip::open_only, sname.c_str(), mode);
+  } catch (const bip::interprocess_exception& e) {
+    return tl::unexpected(boost_error(e, name, "open"));
+  }
+  seg->fd_ = ::fcntl(obj->get_mapping_handle().handle, F_DUPFD_CLOEXEC, 3);
+  if (seg->fd_ < 0) {
+    return tl::unexpected(make_error(Errc::kSystem, "cannot duplicate the segment fd", errno));
+  }
+  auto mismatch = [&](std::string why) {
+    return tl::unexpected(
+        make_error(Errc::kLayoutMismatch,
+                   fmt::format("'{}' is not a kvbm segment of this layout: {}", name, why)));
+  };
+  auto corrupted = [&](std::string why) {
+    return tl::unexpected(
+        make_error(Errc::kCorrupted, fmt::format("segment '{}' is corrupted: {}", name, why)));
+  };
+
+  // A segment still being created is zero-sized or has init_state kInitializing; wait up to 2 s.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  std::uint64_t size = 0;
+  for (;;) {
+    struct stat st {};
+    if (::fstat(seg->fd_, &st) != 0) {
+      return tl::unexpected(make_error(Errc::kSystem, "cannot stat the segment", errno));
+    }
+    size = static_cast<std::uint64_t>(st.st_size);
+    bool initialising = size == 0;
+    if (size > 0) {
+      std::uint64_t magic = 0;
+      std::uint32_t state = 0;
+      if (::pread(seg->fd_, &magic, sizeof(magic), 0) != sizeof(magic)) {
+        magic = 0;
+      }
+      if (size < sizeof(shm::SegmentHeader)) {
+        if (magic == shm::kMagic) {
+          return corrupted(fmt::format("truncated to {} bytes", size));
+        }
+        if (magic != 0) {
+          return mismatch(fmt::format("only {} bytes and no kvbm magic", size));
+        }
+        initialising = true;
+      } else {
+        if (::pread(seg->fd_, &state, sizeof(state), offsetof(shm::SegmentHeader, init_state)) !=
+            sizeof(state)) {
+          state = 0;
+        }
+        if (magic != shm::kMagic && magic != 0) {
+          return mismatch("bad magic number");
+        }
+        initialising = magic == 0 || state == static_cast<std::uint32_t>(shm::InitState::kNone) ||
+                       state == static_cast<std::uint32_t>(shm::InitState::kInitializing);
+        if (magic == 0 && state != 0) {
+          return mismatch("bad magic number");
+        }
+      }
+    }
+    if (!initialising) {
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      const bool creator_alive = ofd_is_locked(seg->fd_, shm::kInitLockOffset);
+      return corrupted(creator_alive
+                           ? "still being initialised after 2 s"
+                           : "initialisation never finished (its creator died); destroy it");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+
+  try {
+    seg->region_ = std::make_unique<bip::mapped_region>(*obj, mode, 0, size);
+  } catch (const bip::interprocess_exception& e) {
+    return tl::unexpected(boost_error(e, name, "map"));
+  }
+  obj.reset();
+  seg->mapped_bytes_ = size;
+  const auto* h = static_cast<const shm::SegmentHeader*>(seg->region_->get_address());
+  if (h->layout_major != shm::kLayoutMajor) {
+    return mismatch(fmt::format("layout {}.{}, this build understands {}.{}", h->layout_major,
+                                h->layout_minor, shm::kLayoutMajor, shm::kLayoutMinor));
+  }
+  if (h->header_bytes != sizeof(shm::SegmentHeader) || h->abi_fingerprint != abi_fingerprint()) {
+    return mismatch(fmt::format("ABI fingerprint {:016x}, this build has {:016x}",
+                                h->abi_fingerprint, abi_fingerprint()));
+  }
+  if (h->segment_bytes > size) {
+    return corrupted(
+        fmt::format("header says {} bytes but the object has {}", h->segment_bytes, size));
+  }
+  SegmentConfig config = from_record(name, h->config);
+  if (auto ok = validate_config(config); !ok) {
+    return corrupted(fmt::format("invalid config in header: {}", ok.error().message));
+  }
+  const Layout expect = compute_layout(h->config);
+  if (expect.total_bytes != h->segment_bytes || expect.index_capacity != h->index_capacity ||
+      std::memcmp(expect.regions, h->regions, sizeof(expect.regions)) != 0) {
+    return corrupted("region table does not match the recorded config");
+  }
+  seg->config_ = std::move(config);
+  seg->bind_regions();
+  if (auto ok = seg->map_payload(false, access); !ok) {
+    return tl::unexpected(ok.error());
+  }
+  return seg;
+}
+
+}  // namespace kvbm::detail

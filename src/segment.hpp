@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+// Segment: this process's mapping of one kvbm segment (Boost shared_memory_object +
+// mapped_region, no segment manager). Computes the fixed layout from the config, creates and
+// initialises a segment (publishing init_state = kReady last), and opens one after checking the
+// header, the ABI fingerprint and every region bound. Owns a private O_CLOEXEC fd of the shm
+// object that carries this process's OFD liveness lock.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "kvbm/config.hpp"
+#include "kvbm/error.hpp"
+
+#include "shm/control.hpp"
+#include "shm/hash_index_entry.hpp"
+#include "shm/header.hpp"
+#include "shm/process_entry.hpp"
+#include "shm/slot.hpp"
+
+namespace boost::interprocess {
+class mapped_region;
+}
+
+namespace kvbm::detail {
+
+struct Layout {
+  std::uint64_t total_bytes = 0;
+  std::uint32_t index_capacity = 0;
+  shm::RegionEntry regions[shm::kRegionCount] = {};
+};
+
+Layout compute_layout(const shm::ConfigRecord& config);
+std::uint64_t abi_fingerprint();
+Result<void> validate_name(std::string_view name);
+Result<void> validate_config(const SegmentConfig& config);
+shm::ConfigRecord to_record(const SegmentConfig& config);
+SegmentConfig from_record(std::string_view name, const shm::ConfigRecord& record);
+/// Name of the first field in which a and b differ (permissions ignored), or empty if equal.
+std::string first_config_difference(const SegmentConfig& a, const SegmentConfig& b);
+std::string payload_name(std::string_view name);
+
+enum class Access { kReadWrite, kReadOnly };
+
+class Segment {
+ public:
+  static Result<std::unique_ptr<Segment>> create(const SegmentConfig& config);
+  static Result<std::unique_ptr<Segment>> open(std::string_view name,
+                                               Access access = Access::kReadWrite);
+  ~Segment();
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  int fd() const { return fd_; }
+  /// Forget the fd without closing it (a fork child's copy was already closed).
+  void abandon_fd() { fd_ = -1; }
+  const SegmentConfig& config() const { return config_; }
+  std::uint32_t block_count() const { return config_.block_count; }
+  std::uint32_t max_processes() const { return config_.max_processes; }
+  std::uint32_t index_capacity() const { return index_capacity_; }
+  std::uint64_t mapped_bytes() const { return mapped_bytes_; }
+
+  shm::SegmentHeader* header() const { return header_; }
+  shm::ControlBlock* control() const { return control_; }
+  shm::ProcEntry* procs() const { return procs_; }
+  shm::SlotMeta* slots() const { return slots_; }
+  shm::IndexEntry* index() const { return index_; }
+  std::byte* payload() const { return payload_; }
+
+ private:
+  Segment() = default;
+  Result<void> map_payload(bool create, Access access);
+  void bind_regions();
+
+  SegmentConfig config_;
+  int fd_ = -1;
+  std::unique_ptr<boost::interprocess::mapped_region> region_;
+  std::unique_ptr<boost::interprocess::mapped_region> payload_region_;
+  std::uint64_t mapped_bytes_ = 0;
+  std::uint32_t index_capacity_ = 0;
+  shm::SegmentHeader* header_ = nullptr;
+  shm::ControlBlock* control_ = nullptr;
+  shm::ProcEntry* procs_ = nullptr;
+  shm::SlotMeta* slots_ = nullptr;
+  shm::IndexEntry* index_ = nullptr;
+  std::byte* payload_ = nullptr;
+};
+
+}  // namespace kvbm::detail

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: Apache-2.0
+// ControlBlock: the store mutex, its intent record, the heads of the derived lists, the state
+// counts and the segment-wide counters.
+// Written by: the store-mutex holder (everything but the mutex word itself). Counters and counts
+// are atomics so kvbm-ctl can read them without the lock (relaxed; a snapshot taken under the lock
+// is consistent).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "shm/intent.hpp"
+#include "shm/layout.hpp"
+#include "shm/robust_mutex.hpp"
+
+namespace kvbm::shm {
+
+/// Segment-wide counters (DESIGN.md section 5), index into ControlBlock::counters.
+enum Counter : std::uint32_t {
+  kAllocations = 0,
+  kAllocationsFromReset,
+  kEvictions,
+  kRegistrations,
+  kDuplicateBlocks,
+  kRegistrationDedup,
+  kStagings,
+  kMatchHashesRequested,
+  kMatchBlocksReturned,
+  kScanHashesRequested,
+  kScanBlocksReturned,
+  kReapedProcesses,
+  kRecoveries,
+  kCounterCount,
+};
+static_assert(kCounterCount <= kCounterSlots);
+
+/// An index-linked list through SlotMeta::prev/next. Derived.
+struct SlotList {
+  std::uint32_t head;
+  std::uint32_t tail;
+  std::uint64_t length;
+};
+
+struct alignas(kCacheLine) ControlBlock {
+  RobustMutex mutex;
+  alignas(kCacheLine) Intent intent;
+  alignas(kCacheLine) SlotList free_list;      // Reset slots, FIFO: pop head, push tail
+  SlotList inactive_list;                      // LRU/FIFO backends: Inactive slots by tick
+  std::uint64_t next_tick;                     // monotonic order key for list positions
+  std::atomic<std::uint64_t> state_counts[8];  // slots per SlotState (derived)
+  std::atomic<std::uint64_t> counters[kCounterSlots];
+};
+static_assert(ShmRegion<ControlBlock>);
+
+}  // namespace kvbm::shm

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+// RobustMutex: the one store mutex of a segment. A pthread mutex that is process-shared, robust
+// and of type NORMAL (RECURSIVE/ERRORCHECK break across PID namespaces; Boost's robust mutex
+// cannot be recovered after EOWNERDEAD, see docs/architecture.md).
+// Written by: the creator (init), every attached process (lock/unlock). The caller decides what
+// to do on kOwnerDead: repair the protected state, then consistent(); or unlock() without
+// consistent() to poison the mutex on purpose.
+#pragma once
+
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+
+#include "shm/layout.hpp"
+
+namespace kvbm::shm {
+
+enum class LockStatus { kOk, kOwnerDead, kNotRecoverable, kTimedOut, kError };
+
+struct RobustMutex {
+  pthread_mutex_t m;
+
+  /// Creator only, on zero-filled memory no other process can see yet.
+  bool init() noexcept {
+    pthread_mutexattr_t attr;
+    if (pthread_mutexattr_init(&attr) != 0) {
+      return false;
+    }
+    bool ok = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED) == 0 &&
+              pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST) == 0 &&
+              pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_NORMAL) == 0 &&
+              pthread_mutex_init(&m, &attr) == 0;
+    pthread_mutexattr_destroy(&attr);
+    return ok;
+  }
+
+  LockStatus lock() noexcept { return status(pthread_mutex_lock(&m)); }
+  LockStatus try_lock() noexcept { return status(pthread_mutex_trylock(&m)); }
+  /// Bounded wait (CLOCK_REALTIME deadline), for tools that must never hang on a live holder.
+  LockStatus timed_lock(const timespec& deadline) noexcept {
+    return status(pthread_mutex_timedlock(&m, &deadline));
+  }
+  bool consistent() noexcept { return pthread_mutex_consistent(&m) == 0; }
+  void unlock() noexcept { pthread_mutex_unlock(&m); }
+
+ private:
+  static LockStatus status(int r) noexcept {
+    switch (r) {
+      case 0:
+        return LockStatus::kOk;
+      case EOWNERDEAD:
+        return LockStatus::kOwnerDead;
+      case ENOTRECOVERABLE:
+        return LockStatus::kNotRecoverable;
+      case ETIMEDOUT:
+      case EBUSY:
+        return LockStatus::kTimedOut;
+      default:
+        return LockStatus::kError;
+    }
+  }
+};
+
+static_assert(ShmRegion<RobustMutex>);
+static_assert(sizeof(pthread_mutex_t) == 40, "the segment layout assumes glibc x86-64");
+
+}  // namespace kvbm::shm

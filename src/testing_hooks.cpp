@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "testing_hooks.hpp"
+
+#include "attachment.hpp"
+
+namespace kvbm::testing {
+
+detail::Attachment& Peer::attachment(BlockManager& m) {
+  return *m.att_;
+}
+
+void Peer::lock_store_and_hold(BlockManager& m) {
+  auto& mu = m.att_->segment().control()->mutex;
+  mu.lock();
+}
+
+void Peer::half_done_operation_and_hold(BlockManager& m, BlockId id) {
+  auto& att = *m.att_;
+  att.segment().control()->mutex.lock();
+  auto& store = att.store();
+  store.begin(shm::IntentOp::kAllocate, att.me());
+  store.log_for_test(id);
+  att.segment().slots()[id].state = 0x7F;
+}
+
+void Peer::corrupt_slot_state(BlockManager& m, BlockId id, std::uint8_t value) {
+  auto lock = m.att_->lock();
+  m.att_->segment().slots()[id].state = value;
+}
+
+std::uint64_t Peer::epoch(BlockManager& m) {
+  return m.att_->segment().header()->epoch.load(std::memory_order_relaxed);
+}
+
+}  // namespace kvbm::testing

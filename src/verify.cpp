@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+// BlockStore::verify: every structural invariant, O(block_count), bounded walks (the image may be
+// corrupt). Liveness of process entries is checked by the caller, which can probe OFD locks.
+#include <fmt/format.h>
+
+#include "block_store.hpp"
+
+namespace kvbm::detail {
+
+using shm::kNil;
+using shm::SlotState;
+
+namespace {
+constexpr std::uint8_t st(SlotState s) {
+  return static_cast<std::uint8_t>(s);
+}
+const char* state_name(std::uint8_t s) {
+  static const char* const kNames[] = {"Reset",   "Mutable",   "Staged",
+                                       "Primary", "Duplicate", "Inactive"};
+  return s < shm::kSlotStateCount ? kNames[s] : "invalid";
+}
+}  // namespace
+
+void BlockStore::verify(std::vector<std::string>& problems) const {
+  const std::uint32_t max_procs = seg_.max_processes();
+  auto entry_in_use = [&](std::uint32_t p) {
+    return p < max_procs && procs_[p].state.load(std::memory_order_relaxed) !=
+                                static_cast<std::uint32_t>(shm::ProcState::kFree);
+  };
+  if ((ctl_->intent.seq.load(std::memory_order_relaxed) & 1) != 0) {
+    problems.push_back("intent record is armed: an operation was interrupted");
+  }
+  std::uint64_t counts[shm::kSlotStateCount] = {};
+  std::vector<std::uint32_t> dup_refs(n_, 0);
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    const auto& m = slots_[s];
+    if (m.state >= shm::kSlotStateCount) {
+      problems.push_back(fmt::format("slot {}: invalid state value {}", s, m.state));
+      continue;
+    }
+    ++counts[m.state];
+    const bool exclusive = m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged);
+    const bool held = m.state == st(SlotState::kPrimary) || m.state == st(SlotState::kDuplicate);
+    if (exclusive && !entry_in_use(m.owner)) {
+      problems.push_back(fmt::format("slot {}: {} but its owner entry {} is not in use", s,
+                                     state_name(m.state), m.owner));
+    }
+    if (!exclusive && m.owner != kNil) {
+      problems.push_back(fmt::format("slot {}: {} with an owner", s, state_name(m.state)));
+    }
+    if (!held && m.holders != 0) {
+      problems.push_back(fmt::format("slot {}: {} with holder bits", s, state_name(m.state)));
+    }
+    for (std::uint32_t p = 0; p < 64; ++p) {
+      if ((m.holders >> p & 1) != 0 && !entry_in_use(p)) {
+        problems.push_back(
+            fmt::format("slot {}: held by process entry {}, which is not in use", s, p));
+      }
+    }
+    if (m.state == st(SlotState::kDuplicate)) {
+      if (m.holders == 0) {
+        problems.push_back(fmt::format("slot {}: Duplicate held by no process", s));
+      }
+      if (m.dup_primary >= n_ || slots_[m.dup_primary].state != st(SlotState::kPrimary)) {
+        problems.push_back(
+            fmt::format("slot {}: Duplicate whose primary {} is not Primary", s, m.dup_primary));
+      } else {
+        ++dup_refs[m.dup_primary];
+        const auto& pm = slots_[m.dup_primary];
+        if (pm.hash_hi != m.hash_hi || pm.hash_lo != m.hash_lo) {
+          problems.push_back(
+              fmt::format("slot {}: Duplicate of primary {} with another hash", s, m.dup_primary));
+        }
+      }
+    } else if (m.dup_primary != kNil) {
+      problems.push_back(fmt::format("slot {}: {} with a duplicate link", s, state_name(m.state)));
+    }
+  }
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    const auto& m = slots_[s];
+    if (m.state == st(SlotState::kPrimary)) {
+      if (m.keepalive != dup_refs[s]) {
+        problems.push_back(fmt::format("slot {}: keep-alive count {} but {} duplicates", s,
+                                       m.keepalive, dup_refs[s]));
+      }
+      if (m.holders == 0 && dup_refs[s] == 0) {
+        problems.push_back(fmt::format("slot {}: Primary held by nobody (should be released)", s));
+      }
+    } else if (m.state < shm::kSlotStateCount && m.keepalive != 0) {
+      problems.push_back(
+          fmt::format("slot {}: {} with a keep-alive count", s, state_name(m.state)));
+    }
+  }
+  for (std::uint32_t i = 0; i < shm::kSlotStateCount; ++i) {
+    const std::uint64_t recorded = ctl_->state_counts[i].load(std::memory_order_relaxed);
+    if (recorded != counts[i]) {
+      problems.push_back(fmt::format("count of {} slots is {} but {} slots are {}",
+                                     state_name(static_cast<std::uint8_t>(i)), recorded, counts[i],
+                                     state_name(static_cast<std::uint8_t>(i))));
+    }
+  }
+  // Free list: exactly the Reset slots, well linked, no cycle.
+  {
+    const auto& l = ctl_->free_list;
+    std::uint64_t seen = 0;
+    std::uint32_t prev = kNil;
+    bool broken = false;
+    for (std::uint32_t s = l.head; s != kNil; s = slots_[s].next) {
+      if (s >= n_ || seen >= n_) {
+        problems.push_back("free list: link out of range or cycle");
+        broken = true;
+        break;
+      }
+      if (slots_[s].state != st(SlotState::kReset)) {
+        problems.push_back(
+            fmt::format("free list: slot {} is {}, not Reset", s, state_name(slots_[s].state)));
+      }
+      if (slots_[s].prev != prev) {
+        problems.push_back(fmt::format("free list: slot {} has a wrong back link", s));
+      }
+      prev = s;
+      ++seen;
+    }
+    if (!broken && (seen != l.length || seen != counts[st(SlotState::kReset)])) {
+      problems.push_back(fmt::format("free list: {} linked, length says {}, {} slots are Reset",
+                                     seen, l.length, counts[st(SlotState::kReset)]));
+    }
+    if (!broken && l.tail != prev) {
+      problems.push_back("free list: tail does not match the last entry");
+    }
+  }
+  backend_->verify(problems);
+  if (backend_->size() != counts[st(SlotState::kInactive)]) {
+    problems.push_back(fmt::format("inactive pool holds {} blocks but {} slots are Inactive",
+                                   backend_->size(), counts[st(SlotState::kInactive)]));
+  }
+  // Hash index: exactly the Primary and Inactive slots, one per hash.
+  std::uint64_t indexed = 0;
+  for (std::uint32_t b = 0; b < index_.capacity(); ++b) {
+    const auto& e = index_.bucket(b);
+    if (e.slot == kNil) {
+      continue;
+    }
+    ++indexed;
+    if (e.slot >= n_) {
+      problems.push_back(fmt::format("hash index: bucket {} points past the slot table", b));
+      continue;
+    }
+    const auto& m = slots_[e.slot];
+    if (m.state != st(SlotState::kPrimary) && m.state != st(SlotState::kInactive)) {
+      problems.push_back(fmt::format("hash index: slot {} is {}, not Primary or Inactive", e.slot,
+                                     state_name(m.state)));
+    } else if (e.tag != HashIndex::tag_of(m.hash_hi, m.hash_lo)) {
+      problems.push_back(fmt::format("hash index: bucket {} has a stale tag", b));
+    }
+  }
+  const std::uint64_t cached = counts[st(SlotState::kPrimary)] + counts[st(SlotState::kInactive)];
+  if (indexed != cached) {
+    problems.push_back(
+        fmt::format("hash index: {} entries but {} Primary/Inactive slots", indexed, cached));
+  }
+  if (indexed < index_.capacity()) {  // a full table would make lookups of absent keys spin
+    for (std::uint32_t s = 0; s < n_; ++s) {
+      const auto& m = slots_[s];
+      if ((m.state == st(SlotState::kPrimary) || m.state == st(SlotState::kInactive)) &&
+          index_.find(m.hash_hi, m.hash_lo) != s) {
+        problems.push_back(
+            fmt::format("hash index: slot {} ({}) is not found by its hash", s, hash_of(s)));
+      }
+    }
+  }
+}
+
+}  // namespace kvbm::detail
