@@ -381,6 +381,20 @@ void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
   KVBM_CRASH_POINT("reap.entry_freed");
 }
 
+void BlockStore::force_reset(std::uint32_t slot) noexcept {
+  auto& m = slots_[slot];
+  log(slot);
+  if (m.state >= shm::kSlotStateCount) {
+    m.state = st(SlotState::kReset);  // counts are rebuilt by the caller
+    m.owner = kNil;
+    m.dup_primary = kNil;
+    m.holders = 0;
+    m.keepalive = 0;
+    return;  // linked into the free list by rebuild_derived()
+  }
+  to_reset(slot);
+}
+
 std::uint64_t BlockStore::claim_process(std::uint32_t proc,
                                         std::int32_t pid,
                                         std::uint64_t start_ticks,

@@ -90,6 +90,9 @@ class BlockStore {
   void release_process(std::uint32_t proc, std::uint64_t incarnation) noexcept;
 
   void count(shm::Counter c, std::uint64_t n = 1) noexcept;
+  /// Repair only: a slot whose state cannot be right goes to Reset (holder bits dropped, no
+  /// transition run). Requires a transaction.
+  void force_reset(std::uint32_t slot) noexcept;
   /// Tests only: record a slot's before-image as an operation would.
   void log_for_test(std::uint32_t slot) noexcept { log(slot); }
 

@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "inspect.hpp"
+
+#include <time.h>
+
+#include <fmt/format.h>
+
+#include "process_table.hpp"
+
+namespace kvbm::detail {
+
+std::vector<ProcessView> list_processes(const Segment& seg) {
+  std::vector<ProcessView> out;
+  const auto* slots = seg.slots();
+  const std::uint32_t n = seg.block_count();
+  for (std::uint32_t q = 0; q < seg.max_processes(); ++q) {
+    const auto& e = seg.procs()[q];
+    if (e.state.load(std::memory_order_acquire) ==
+        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+      continue;
+    }
+    ProcessView v{q,
+                  e.pid.load(std::memory_order_relaxed),
+                  e.incarnation.load(std::memory_order_relaxed),
+                  e.start_ticks.load(std::memory_order_relaxed),
+                  e.attached_ns.load(std::memory_order_relaxed),
+                  ofd_is_locked(seg.fd(), shm::kLivenessLockBase + q),
+                  0,
+                  0};
+    for (std::uint32_t s = 0; s < n; ++s) {
+      const auto& m = slots[s];
+      if ((m.state == static_cast<std::uint8_t>(shm::SlotState::kMutable) ||
+           m.state == static_cast<std::uint8_t>(shm::SlotState::kStaged)) &&
+          m.owner == q) {
+        ++v.exclusive;
+      }
+      v.held += (m.holders >> q) & 1;
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+Result<std::unique_ptr<ToolSession>> ToolSession::open(std::string_view name, Access access) {
+  auto seg = Segment::open(name, access);
+  if (!seg) {
+    return tl::unexpected(seg.error());
+  }
+  std::unique_ptr<ToolSession> s(new ToolSession());
+  s->seg_ = std::move(*seg);
+  s->store_ = std::make_unique<BlockStore>(*s->seg_);
+  return s;
+}
+
+ToolSession::~ToolSession() {
+  unlock();
+}
+
+void ToolSession::unlock() {
+  if (locked_) {
+    seg_->control()->mutex.unlock();
+    locked_ = false;
+  }
+}
+
+Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::string>& notes) {
+  auto* header = seg_->header();
+  if (header->init_state.load(std::memory_order_acquire) ==
+      static_cast<std::uint32_t>(shm::InitState::kPoisoned)) {
+    return tl::unexpected(
+        Error{Errc::kCorrupted, 0, "the segment is poisoned (a recovery failed)"});
+  }
+  timespec deadline{};
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  const auto ms = wait.count();
+  deadline.tv_sec += ms / 1000;
+  deadline.tv_nsec += (ms % 1000) * 1000000;
+  if (deadline.tv_nsec >= 1000000000) {
+    deadline.tv_sec += 1;
+    deadline.tv_nsec -= 1000000000;
+  }
+  auto& mu = seg_->control()->mutex;
+  switch (mu.timed_lock(deadline)) {
+    case shm::LockStatus::kOk:
+      break;
+    case shm::LockStatus::kOwnerDead: {
+      const bool armed = (seg_->control()->intent.seq.load() & 1) != 0;
+      std::vector<std::string> problems = store_->recover();
+      if (!problems.empty() || !mu.consistent()) {
+        header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned));
+        mu.unlock();
+        return tl::unexpected(Error{Errc::kCorrupted, 0,
+                                    fmt::format("recovery after a crash failed: {}",
+                                                problems.empty() ? "mutex" : problems.front())});
+      }
+      notes.push_back(armed ? "the store mutex was held by a process that died mid-operation: "
+                              "rolled the operation back and rebuilt the indexes"
+                            : "the store mutex was held by a process that died: rebuilt the "
+                              "indexes");
+      break;
+    }
+    case shm::LockStatus::kTimedOut:
+      return tl::unexpected(Error{
+          Errc::kSystem, ETIMEDOUT,
+          fmt::format("the store mutex is held by a live process (waited {} ms); try again", ms)});
+    case shm::LockStatus::kNotRecoverable:
+      header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned));
+      return tl::unexpected(Error{Errc::kCorrupted, 0, "the store mutex is unrecoverable"});
+    default:
+      return tl::unexpected(Error{Errc::kSystem, 0, "pthread_mutex_timedlock failed"});
+  }
+  locked_ = true;
+  return {};
+}
+
+std::vector<std::string> verify_segment(ToolSession& session) {
+  std::vector<std::string> problems;
+  auto locked = session.lock(std::chrono::milliseconds(2000), problems);
+  if (!locked) {
+    problems.push_back(locked.error().message);
+    return problems;
+  }
+  session.store().verify(problems);
+  session.unlock();
+  for (const ProcessView& p : list_processes(session.segment())) {
+    if (!p.alive) {
+      problems.push_back(
+          fmt::format("process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} "
+                      "mutable/staged, {} registered)",
+                      p.index, p.pid, p.exclusive + p.held, p.exclusive, p.held));
+    }
+  }
+  return problems;
+}
+
+namespace {
+
+// Slots that cannot be right and cannot be rolled back: release them to Reset (never promote).
+// Requires the lock; runs inside a transaction.
+void sanitize_slots(Segment& seg,
+                    BlockStore& store,
+                    std::vector<std::string>& actions,
+                    bool dry_run) {
+  auto* slots = seg.slots();
+  const std::uint32_t n = seg.block_count();
+  auto in_use = [&](std::uint32_t p) {
+    return p < seg.max_processes() &&
+           seg.procs()[p].state.load() != static_cast<std::uint32_t>(shm::ProcState::kFree);
+  };
+  for (std::uint32_t s = 0; s < n; ++s) {
+    auto& m = slots[s];
+    const bool invalid = m.state >= shm::kSlotStateCount;
+    const bool orphan_exclusive = (m.state == static_cast<std::uint8_t>(shm::SlotState::kMutable) ||
+                                   m.state == static_cast<std::uint8_t>(shm::SlotState::kStaged)) &&
+                                  !in_use(m.owner);
+    if (invalid || orphan_exclusive) {
+      actions.push_back(fmt::format("slot {}: {} -> reset", s,
+                                    invalid ? "invalid state" : "owner entry not in use"));
+      if (!dry_run) {
+        store.force_reset(s);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force) {
+  auto session = ToolSession::open(name, Access::kReadWrite);
+  if (!session) {
+    return tl::unexpected(session.error());
+  }
+  auto& seg = (*session)->segment();
+  auto& store = (*session)->store();
+  RepairReport report;
+  auto* header = seg.header();
+  const bool poisoned =
+      header->init_state.load() == static_cast<std::uint32_t>(shm::InitState::kPoisoned);
+  const auto procs = list_processes(seg);
+  std::size_t live = 0;
+  for (const auto& p : procs) {
+    live += p.alive ? 1 : 0;
+  }
+  if (poisoned) {
+    if (live > 0 && !force) {
+      return tl::unexpected(Error{
+          Errc::kBlocksInUse, 0,
+          fmt::format("segment is poisoned and {} live process(es) are attached; stop them or "
+                      "use --force",
+                      live)});
+    }
+    report.actions.push_back("segment was poisoned: re-initialising the store mutex");
+    if (!dry_run) {
+      // Safe only because no live process can be inside the mutex (checked above, or forced).
+      seg.control()->mutex.init();
+      header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
+    }
+  }
+  if (dry_run && poisoned) {
+    report.actions.push_back(
+        "would roll back any interrupted operation, release dead "
+        "processes' blocks and rebuild the indexes");
+    return report;
+  }
+  std::vector<std::string> notes;
+  if (auto ok = (*session)->lock(std::chrono::milliseconds(5000), notes); !ok) {
+    if (ok.error().code != Errc::kCorrupted) {
+      return tl::unexpected(ok.error());
+    }
+    // Recovery found damage it cannot roll back: repair takes over from here.
+    report.actions.push_back(ok.error().message);
+    if (live > 0 && !force) {
+      return tl::unexpected(
+          Error{Errc::kBlocksInUse, 0,
+                fmt::format("{}; {} live process(es) are attached: stop them or use --force",
+                            ok.error().message, live)});
+    }
+    if (dry_run) {
+      report.actions.push_back("would re-initialise the store mutex and reset damaged slots");
+      return report;
+    }
+    seg.control()->mutex.init();
+    header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
+    notes.clear();
+    if (auto again = (*session)->lock(std::chrono::milliseconds(5000), notes); !again) {
+      return tl::unexpected(again.error());
+    }
+  }
+  for (auto& n : notes) {
+    report.actions.push_back(std::move(n));
+  }
+  if ((seg.control()->intent.seq.load() & 1) != 0 && !dry_run) {
+    // An armed intent with a healthy mutex: roll it back as recovery would.
+    store.recover();
+    report.actions.push_back("rolled back an interrupted operation");
+  }
+  // Reap dead entries: we hold the store mutex; the probe fd is our own description.
+  for (const auto& p : procs) {
+    if (p.alive) {
+      continue;
+    }
+    if (!ofd_try_lock(seg.fd(), shm::kLivenessLockBase + p.index)) {
+      continue;  // it came back to life (a new attacher took the entry) since the probe
+    }
+    report.actions.push_back(fmt::format(
+        "released process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
+        p.pid, p.exclusive, p.held));
+    if (!dry_run) {
+      store.begin(shm::IntentOp::kReap, shm::kNil);
+      store.reap(p.index);
+      store.commit();
+    }
+    ofd_unlock(seg.fd(), shm::kLivenessLockBase + p.index);
+  }
+  if (!dry_run) {
+    store.begin(shm::IntentOp::kReap, shm::kNil);
+    sanitize_slots(seg, store, report.actions, false);
+    store.commit();
+    for (auto& p : store.rebuild_derived()) {
+      report.actions.push_back("rebuild: " + p);
+    }
+    header->epoch.fetch_add(1);
+  } else {
+    sanitize_slots(seg, store, report.actions, true);
+  }
+  (*session)->unlock();
+  if (!dry_run) {
+    report.remaining = verify_segment(**session);
+  }
+  return report;
+}
+
+}  // namespace kvbm::detail
