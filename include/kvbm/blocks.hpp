@@ -57,10 +57,25 @@ class MutableBlock {
   std::uint32_t gen_ = 0;
 };
 
+/// The error of MutableBlock::stage: the sizes and the block itself, handed back untouched.
+/// A copy (what Result::value() puts into its bad_expected_access exception) carries only the
+/// sizes; the block stays with the original and returns to the reset pool when that is dropped.
 struct BlockSizeMismatch {
-  std::uint32_t expected;
-  std::uint32_t actual;
+  std::uint32_t expected = 0;
+  std::uint32_t actual = 0;
   MutableBlock block;
+
+  BlockSizeMismatch(std::uint32_t e, std::uint32_t a, MutableBlock&& b)
+      : expected(e), actual(a), block(std::move(b)) {}
+  BlockSizeMismatch(BlockSizeMismatch&&) noexcept = default;
+  BlockSizeMismatch& operator=(BlockSizeMismatch&&) noexcept = default;
+  BlockSizeMismatch(const BlockSizeMismatch& o) : expected(o.expected), actual(o.actual) {}
+  BlockSizeMismatch& operator=(const BlockSizeMismatch& o) {
+    expected = o.expected;
+    actual = o.actual;
+    block = MutableBlock();
+    return *this;
+  }
 };
 
 class CompleteBlock {
