@@ -235,6 +235,11 @@ std::size_t Attachment::reap_dead_processes() {
   const std::uint32_t max = seg_->max_processes();
   auto* procs = seg_->procs();
   std::size_t reaped = 0;
+  {
+    // Entry states are read below without the lock: first let a pending crash recovery run, so
+    // an entry whose release was rolled back is seen as in use.
+    Lock settle = lock();
+  }
   for (std::uint32_t q = 0; q < max; ++q) {
     if (q == me_ || procs[q].state.load(std::memory_order_acquire) ==
                         static_cast<std::uint32_t>(shm::ProcState::kFree)) {

@@ -86,6 +86,15 @@ Result<void> BlockManager::destroy(std::string_view name) {
   if (auto ok = detail::validate_name(name); !ok) {
     return ok;
   }
+  // Only a segment whose header records a payload region owns "<name>.payload"; another
+  // segment may legitimately carry that name.
+  bool has_payload = false;
+  if (auto seg = detail::Segment::open(name, detail::Access::kReadOnly)) {
+    has_payload = (*seg)->config().bytes_per_block > 0;
+  } else if (seg.error().code == Errc::kNotFound &&
+             seg.error().message.find(".payload") != std::string::npos) {
+    has_payload = true;  // the segment exists but its payload object is already gone
+  }
   const std::string main = "/" + std::string(name);
   if (::shm_unlink(main.c_str()) != 0) {
     const int err = errno;
@@ -97,8 +106,10 @@ Result<void> BlockManager::destroy(std::string_view name) {
         Error{err == EACCES || err == EPERM ? Errc::kPermissionDenied : Errc::kSystem, err,
               fmt::format("cannot remove segment '{}': {}", name, std::strerror(err))});
   }
-  const std::string payload = "/" + detail::payload_name(name);
-  ::shm_unlink(payload.c_str());  // absent when the segment has no payload region
+  if (has_payload) {
+    const std::string payload = "/" + detail::payload_name(name);
+    ::shm_unlink(payload.c_str());
+  }
   return {};
 }
 

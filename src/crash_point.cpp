@@ -2,6 +2,10 @@
 // Crash-point counter of the fault-injection build (see crash_point.hpp).
 #include "crash_point.hpp"
 
+namespace kvbm::detail {
+bool g_rollback_enabled = true;
+}
+
 #ifdef KVBM_FAULT_INJECTION
 #include <signal.h>
 
@@ -12,18 +16,24 @@
 namespace kvbm::detail {
 namespace {
 std::atomic<std::uint64_t> g_passed{0};
+std::uint64_t g_at = [] {
+  const char* v = std::getenv("KVBM_CRASH_AT");
+  return v == nullptr ? 0 : std::strtoull(v, nullptr, 10);
+}();
+const char* g_filter = std::getenv("KVBM_CRASH_FILTER");
 std::uint64_t crash_at() {
-  static const std::uint64_t at = [] {
-    const char* v = std::getenv("KVBM_CRASH_AT");
-    return v == nullptr ? 0 : std::strtoull(v, nullptr, 10);
-  }();
-  return at;
+  return g_at;
 }
 const char* crash_filter() {
-  static const char* const f = std::getenv("KVBM_CRASH_FILTER");
-  return f;
+  return g_filter;
 }
 }  // namespace
+
+void set_crash_point_for_test(std::uint64_t at, const char* filter) noexcept {
+  g_at = at;
+  g_filter = filter;
+  g_passed.store(0, std::memory_order_relaxed);
+}
 
 void crash_point(const char* name) noexcept {
   if (crash_filter() != nullptr && std::strstr(name, crash_filter()) == nullptr) {

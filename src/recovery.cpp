@@ -20,17 +20,18 @@ std::vector<std::string> BlockStore::recover() {
   auto& in = ctl_->intent;
   KVBM_CRASH_POINT("recover.start");
   if ((in.seq.load(std::memory_order_relaxed) & 1) != 0) {
-    const std::uint32_t count = std::min(in.count, shm::kIntentMaxSlots);
+    // g_rollback_enabled is false only in the tests' negative control: disarm without undoing.
+    const std::uint32_t count = g_rollback_enabled ? std::min(in.count, shm::kIntentMaxSlots) : 0;
     for (std::uint32_t i = count; i-- > 0;) {
       if (in.slot[i] < n_) {
         slots_[in.slot[i]].restore(in.before[i]);
       }
       KVBM_CRASH_POINT("recover.restore");
     }
-    for (std::uint32_t c = 0; c < shm::kCounterSlots; ++c) {
+    for (std::uint32_t c = 0; c < shm::kCounterSlots && g_rollback_enabled; ++c) {
       ctl_->counters[c].store(in.counters_before[c], std::memory_order_relaxed);
     }
-    if (in.proc_target < seg_.max_processes()) {
+    if (in.proc_target < seg_.max_processes() && g_rollback_enabled) {
       auto& e = procs_[in.proc_target];
       e.state.store(in.proc_state_before, std::memory_order_relaxed);
       e.incarnation.store(in.proc_incarnation_before, std::memory_order_relaxed);

@@ -97,6 +97,19 @@ Error boost_error(const bip::interprocess_exception& e, std::string_view name, c
                     err);
 }
 
+// The liveness lock lives on an open file description of its own that is never mapped: a
+// mapping holds a reference to the description it was made from, so a fork child that inherits
+// the mapping would keep a lock on that description alive after this process died. Reopening
+// through /proc/self/fd makes a new description of the same inode (no race with unlink).
+int open_lock_fd(int fd, bool read_only) {
+  const std::string path = fmt::format("/proc/self/fd/{}", fd);
+  int lock_fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (lock_fd < 0) {
+    lock_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);  // no /proc: same description, fork caveat
+  }
+  return lock_fd;
+}
+
 std::uint64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -278,7 +291,7 @@ void Segment::bind_regions() {
   index_capacity_ = header_->index_capacity;
 }
 
-Result<void> Segment::map_payload(bool create, Access access) {
+Result<void> Segment::map_payload(bool create, Access access, bool* created) {
   if (config_.bytes_per_block == 0) {
     return {};
   }
@@ -290,6 +303,7 @@ Result<void> Segment::map_payload(bool create, Access access) {
       obj = std::make_unique<bip::shared_memory_object>(
           bip::create_only, pname.c_str(), bip::read_write,
           bip::permissions(static_cast<int>(config_.permissions)));
+      *created = true;
       obj->truncate(static_cast<bip::offset_t>(bytes));
       if (int rc =
               ::posix_fallocate(obj->get_mapping_handle().handle, 0, static_cast<off_t>(bytes));
@@ -335,15 +349,18 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
   } catch (const bip::interprocess_exception& e) {
     return tl::unexpected(boost_error(e, config.name, "create"));
   }
-  // From here on a failure unlinks the half-made object so the name is free again.
+  // From here on a failure unlinks what this call created, so the name is free again.
+  bool payload_created = false;
   auto fail = [&](Error err) -> Result<std::unique_ptr<Segment>> {
     seg.reset();
     obj.reset();
     bip::shared_memory_object::remove(config.name.c_str());
-    bip::shared_memory_object::remove(payload_name(config.name).c_str());
+    if (payload_created) {
+      bip::shared_memory_object::remove(payload_name(config.name).c_str());
+    }
     return tl::unexpected(std::move(err));
   };
-  seg->fd_ = ::fcntl(obj->get_mapping_handle().handle, F_DUPFD_CLOEXEC, 3);
+  seg->fd_ = open_lock_fd(obj->get_mapping_handle().handle, false);
   if (seg->fd_ < 0) {
     return fail(make_error(Errc::kSystem, "cannot duplicate the segment fd", errno));
   }
@@ -414,7 +431,7 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
   for (std::uint32_t b = 0; b < layout.index_capacity; ++b) {
     seg->index_[b] = shm::IndexEntry{shm::kNil, 0};
   }
-  if (auto ok = seg->map_payload(true, Access::kReadWrite); !ok) {
+  if (auto ok = seg->map_payload(true, Access::kReadWrite, &payload_created); !ok) {
     return fail(ok.error());
   }
   h->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady),
@@ -436,7 +453,7 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
   } catch (const bip::interprocess_exception& e) {
     return tl::unexpected(boost_error(e, name, "open"));
   }
-  seg->fd_ = ::fcntl(obj->get_mapping_handle().handle, F_DUPFD_CLOEXEC, 3);
+  seg->fd_ = open_lock_fd(obj->get_mapping_handle().handle, access == Access::kReadOnly);
   if (seg->fd_ < 0) {
     return tl::unexpected(make_error(Errc::kSystem, "cannot duplicate the segment fd", errno));
   }
@@ -532,7 +549,7 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
   }
   seg->config_ = std::move(config);
   seg->bind_regions();
-  if (auto ok = seg->map_payload(false, access); !ok) {
+  if (auto ok = seg->map_payload(false, access, nullptr); !ok) {
     return tl::unexpected(ok.error());
   }
   return seg;

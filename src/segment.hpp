@@ -71,7 +71,7 @@ class Segment {
 
  private:
   Segment() = default;
-  Result<void> map_payload(bool create, Access access);
+  Result<void> map_payload(bool create, Access access, bool* created);
   void bind_regions();
 
   SegmentConfig config_;
