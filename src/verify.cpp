@@ -136,6 +136,7 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
   }
   // Hash index: exactly the Primary and Inactive slots, one per hash.
   std::uint64_t indexed = 0;
+  bool buckets_in_range = true;
   for (std::uint32_t b = 0; b < index_.capacity(); ++b) {
     const auto& e = index_.bucket(b);
     if (e.slot == kNil) {
@@ -144,6 +145,7 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     ++indexed;
     if (e.slot >= n_) {
       problems.push_back(fmt::format("hash index: bucket {} points past the slot table", b));
+      buckets_in_range = false;
       continue;
     }
     const auto& m = slots_[e.slot];
@@ -159,7 +161,8 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     problems.push_back(
         fmt::format("hash index: {} entries but {} Primary/Inactive slots", indexed, cached));
   }
-  if (indexed < index_.capacity()) {  // a full table would make lookups of absent keys spin
+  // Lookups dereference bucket slots and stop at an empty bucket: only safe on a sane table.
+  if (buckets_in_range && indexed < index_.capacity()) {
     for (std::uint32_t s = 0; s < n_; ++s) {
       const auto& m = slots_[s];
       if ((m.state == st(SlotState::kPrimary) || m.state == st(SlotState::kInactive)) &&
