@@ -267,6 +267,12 @@ std::size_t Attachment::reap_dead_processes() {
   return reaped;
 }
 
+void Attachment::drop_liveness_for_test() {
+  unregister_fd(seg_->fd());
+  ::close(seg_->fd());
+  seg_->abandon_fd();
+}
+
 void Attachment::verify_processes(std::vector<std::string>& problems) const {
   const std::uint32_t max = seg_->max_processes();
   const std::uint32_t n = seg_->block_count();

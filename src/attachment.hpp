@@ -83,6 +83,9 @@ class Attachment {
   void release_holder(std::uint32_t slot) noexcept;
   /// Reaps every dead process entry; returns how many.
   std::size_t reap_dead_processes();
+  /// Tests: close the liveness fd as a daemonising helper might, so other processes see this
+  /// attachment as dead (and may reap and fence it).
+  void drop_liveness_for_test();
   /// Problems of verify() for process entries: dead-but-unreaped entries with what they hold.
   void verify_processes(std::vector<std::string>& problems) const;
 

@@ -4,7 +4,9 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -38,7 +40,41 @@ Result<std::shared_ptr<BlockManager>> attach_to(Result<std::unique_ptr<detail::S
 }  // namespace
 
 BlockManager::BlockManager(std::shared_ptr<Attachment> att) : att_(std::move(att)) {}
-BlockManager::~BlockManager() = default;
+BlockManager::~BlockManager() {
+  if (att_->forked()) {
+    // The reaper thread does not exist in a fork child: never join the parent's thread handle.
+    if (reaper_.joinable()) {
+      new std::jthread(std::move(reaper_));  // leaked on purpose
+    }
+    return;
+  }
+  stop_background_reaper();
+}
+
+void BlockManager::start_background_reaper(std::chrono::milliseconds interval) {
+  att_->check_fork();
+  stop_background_reaper();
+  reaper_ = std::jthread([att = att_, interval](std::stop_token stop) {
+    std::mutex mu;
+    std::condition_variable_any cv;
+    std::unique_lock<std::mutex> lock(mu);
+    while (!stop.stop_requested()) {
+      try {
+        att->reap_dead_processes();
+      } catch (...) {
+        return;  // poisoned or fenced: every later call would fail the same way
+      }
+      cv.wait_for(lock, stop, interval, [] { return false; });
+    }
+  });
+}
+
+void BlockManager::stop_background_reaper() {
+  if (reaper_.joinable()) {
+    reaper_.request_stop();
+    reaper_.join();
+  }
+}
 
 Result<std::shared_ptr<BlockManager>> BlockManager::create(const SegmentConfig& config) {
   return attach_to(detail::Segment::create(config), [](std::shared_ptr<Attachment> a) {
@@ -154,7 +190,21 @@ BlockManager::allocate_blocks_with_evictions(std::size_t count) {
   return std::make_pair(std::move(blocks), std::move(evicted));
 }
 
+void BlockManager::check_own(const CompleteBlock& b) const {
+  if (!b) {
+    throw std::invalid_argument("kvbm: register got an empty CompleteBlock");
+  }
+  if (HandleAccess::attachment(b) != att_.get()) {
+    throw std::invalid_argument(fmt::format(
+        "kvbm: CompleteBlock {} was allocated through another BlockManager (segment '{}' "
+        "registers only its own blocks)",
+        b.block_id(), config().name));
+  }
+}
+
 ImmutableBlock BlockManager::register_block(CompleteBlock&& block) {
+  att_->check_fork();
+  check_own(block);  // before the block is moved: misuse must leave it with the caller
   std::vector<CompleteBlock> one;
   one.push_back(std::move(block));
   return std::move(register_blocks(std::move(one)).front());
@@ -163,15 +213,7 @@ ImmutableBlock BlockManager::register_block(CompleteBlock&& block) {
 std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBlock>&& blocks) {
   att_->check_fork();
   for (const CompleteBlock& b : blocks) {
-    if (!b) {
-      throw std::invalid_argument("kvbm: register_blocks got an empty CompleteBlock");
-    }
-    if (HandleAccess::attachment(b) != att_.get()) {
-      throw std::invalid_argument(fmt::format(
-          "kvbm: CompleteBlock {} was allocated through another BlockManager (segment '{}' "
-          "registers only its own blocks)",
-          b.block_id(), config().name));
-    }
+    check_own(b);
   }
   std::vector<Grant> results(blocks.size());
   const DuplicationPolicy policy = config().duplication;

@@ -28,6 +28,10 @@ void Peer::corrupt_slot_state(BlockManager& m, BlockId id, std::uint8_t value) {
   m.att_->segment().slots()[id].state = value;
 }
 
+void Peer::drop_liveness(BlockManager& m) {
+  m.att_->drop_liveness_for_test();
+}
+
 std::uint64_t Peer::epoch(BlockManager& m) {
   return m.att_->segment().header()->epoch.load(std::memory_order_relaxed);
 }

@@ -23,6 +23,8 @@ struct Peer {
   /// Writes a raw state value into slot `id` without the intent (unrecoverable damage).
   static void corrupt_slot_state(BlockManager& m, BlockId id, std::uint8_t value);
   static std::uint64_t epoch(BlockManager& m);
+  /// Closes the attachment's liveness fd: other processes now see it as dead.
+  static void drop_liveness(BlockManager& m);
 };
 
 }  // namespace kvbm::testing

@@ -8,6 +8,7 @@
 // nothing; the child opens the segment again if it needs it.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -105,10 +107,18 @@ class BlockManager {
   /// This attachment's process-table index.
   std::uint32_t process_index() const;
 
+  /// Reaps dead processes every `interval` from a background thread of this process, so a dead
+  /// worker's blocks are freed even when no allocation comes up short. Off by default; calling
+  /// it again changes the interval; stopped by stop_background_reaper() or destruction.
+  void start_background_reaper(std::chrono::milliseconds interval = std::chrono::seconds(1));
+  void stop_background_reaper();
+
  private:
   friend struct testing::Peer;
+  void check_own(const CompleteBlock& block) const;
   explicit BlockManager(std::shared_ptr<detail::Attachment> att);
   std::shared_ptr<detail::Attachment> att_;
+  std::jthread reaper_;
 };
 
 }  // namespace kvbm
