@@ -248,7 +248,7 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
   grants.reserve(hashes.size());
   att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
     for (const SequenceHash& h : hashes) {
-      auto g = store.acquire(h, att_->me());
+      auto g = store.acquire(h, att_->me(), /*touch=*/true);
       if (!g) {
         break;
       }
@@ -273,7 +273,7 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
   att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
     std::uint64_t hits = 0;
     for (std::size_t i = 0; i < hashes.size(); ++i) {
-      grants[i] = store.acquire(hashes[i], att_->me());
+      grants[i] = store.acquire(hashes[i], att_->me(), /*touch=*/true);
       if (grants[i]) {
         att_->local(grants[i]->slot).fetch_add(1, std::memory_order_relaxed);
         ++hits;
@@ -293,8 +293,7 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
 }
 
 std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
-    std::span<const SequenceHash> hashes,
-    bool /*touch: feeds the TinyLFU sketch of the MultiLRU backend*/) {
+    std::span<const SequenceHash> hashes, bool touch) {
   std::vector<std::pair<SequenceHash, Grant>> found;
   found.reserve(hashes.size());
   std::unordered_map<SequenceHash, ImmutableBlock> out;
@@ -306,7 +305,7 @@ std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
       if (!seen.emplace(h, true).second) {
         continue;
       }
-      if (auto g = store.acquire(h, att_->me())) {
+      if (auto g = store.acquire(h, att_->me(), touch)) {
         att_->local(g->slot).fetch_add(1, std::memory_order_relaxed);
         found.emplace_back(h, *g);
       }

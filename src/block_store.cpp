@@ -37,7 +37,7 @@ BlockStore::BlockStore(Segment& segment)
       n_(segment.block_count()),
       default_ror_(segment.config().default_reset_on_release ? 1 : 0),
       index_(segment.index(), segment.index_capacity(), segment.slots()),
-      backend_(make_inactive_backend(segment)) {}
+      backend_(make_inactive_backend(segment, [this](std::uint32_t s) { log(s); })) {}
 
 // --- transactions ---------------------------------------------------------------------------
 
@@ -67,6 +67,11 @@ void BlockStore::commit() {
 void BlockStore::log(std::uint32_t slot) noexcept {
   auto& in = ctl_->intent;
   const std::uint32_t i = in.count;
+  if (i >= shm::kIntentMaxSlots) {
+    // A step logged more images than its checkpoint reserved: a bug. Dying here (the mutex
+    // owner's death rolls the operation back) beats writing past the record.
+    std::abort();
+  }
   in.slot[i] = slot;
   in.before[i] = slots_[slot].image();
   barrier();
@@ -161,7 +166,7 @@ void BlockStore::allocate(std::size_t n,
   std::uint64_t from_reset = 0;
   std::uint64_t from_inactive = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    checkpoint(1);
+    checkpoint(4);
     std::uint32_t s = list_pop_front(ctl_->free_list, slots_);
     if (s != kNil) {
       ++from_reset;
@@ -233,10 +238,11 @@ bool BlockStore::release_exclusive(Grant g, std::uint32_t actor) noexcept {
 Registered BlockStore::register_staged(Grant g,
                                        std::uint32_t actor,
                                        DuplicationPolicy policy) noexcept {
-  checkpoint(2);
+  checkpoint(6);
   auto& m = slots_[g.slot];
   const std::uint32_t p = index_.find(m.hash_hi, m.hash_lo);
   if (p == kNil) {
+    backend_->touch(m.hash_hi, m.hash_lo);  // first registration of this hash in the segment
     log(g.slot);
     set_state(m, SlotState::kPrimary);
     KVBM_CRASH_POINT("register.primary_state");
@@ -270,14 +276,19 @@ Registered BlockStore::register_staged(Grant g,
   return Registered{Grant{p, pm.generation.load(std::memory_order_relaxed)}, true};
 }
 
-std::optional<Grant> BlockStore::acquire(SequenceHash hash, std::uint32_t actor) noexcept {
+std::optional<Grant> BlockStore::acquire(SequenceHash hash,
+                                         std::uint32_t actor,
+                                         bool touch) noexcept {
   const std::uint32_t p = index_.find(hash.hi(), hash.lo());
   if (p == kNil) {
     return std::nullopt;
   }
+  if (touch) {
+    backend_->touch(hash.hi(), hash.lo());
+  }
   auto& pm = slots_[p];
   if (pm.state == st(SlotState::kInactive) || (pm.holders & bit(actor)) == 0) {
-    checkpoint(1);
+    checkpoint(4);
     log(p);
     if (pm.state == st(SlotState::kInactive)) {
       resurrect(p);
@@ -296,7 +307,7 @@ void BlockStore::release_holder(std::uint32_t slot, std::uint32_t actor) noexcep
   if ((m.holders & bit(actor)) == 0) {
     return;
   }
-  checkpoint(2);
+  checkpoint(8);
   log(slot);
   m.holders &= ~bit(actor);
   KVBM_CRASH_POINT("release.bit_cleared");
@@ -330,7 +341,7 @@ void BlockStore::set_reset_on_release(std::uint32_t slot, bool value) noexcept {
 std::uint64_t BlockStore::drain_inactive(std::uint32_t /*actor*/) noexcept {
   std::uint64_t drained = 0;
   for (;;) {
-    checkpoint(1);
+    checkpoint(4);
     const std::uint32_t s = backend_->pop_victim();
     if (s == kNil) {
       break;
@@ -354,7 +365,7 @@ void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
     auto& m = slots_[s];
     if ((m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged)) &&
         m.owner == proc) {
-      checkpoint(1);
+      checkpoint(2);
       log(s);
       to_reset(s);
       KVBM_CRASH_POINT("reap.exclusive");

@@ -69,8 +69,9 @@ class BlockStore {
   bool is_staged_by(Grant g, std::uint32_t actor) const noexcept;
   /// Staged -> Primary / Duplicate / Reset (+ existing primary) per `policy`.
   Registered register_staged(Grant g, std::uint32_t actor, DuplicationPolicy policy) noexcept;
-  /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set.
-  std::optional<Grant> acquire(SequenceHash hash, std::uint32_t actor) noexcept;
+  /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set. `touch` counts
+  /// a frequency event for the MultiLRU sketch (match hits and touching scans).
+  std::optional<Grant> acquire(SequenceHash hash, std::uint32_t actor, bool touch = false) noexcept;
   /// Clears actor's holder bit; the last holder releases the slot (Primary -> Inactive or Reset,
   /// Duplicate -> Reset and its keep-alive dropped).
   void release_holder(std::uint32_t slot, std::uint32_t actor) noexcept;

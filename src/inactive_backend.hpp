@@ -5,13 +5,22 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+namespace kvbm::shm {
+struct LineageHeader;
+}
+
 namespace kvbm::detail {
 
 class Segment;
+
+/// Records a slot's before-image in the current intent (the store's log), for backends that
+/// change a slot field themselves (the lineage FIFO order renews a re-leafed block's tick).
+using SlotLogger = std::function<void(std::uint32_t)>;
 
 class InactiveBackend {
  public:
@@ -25,11 +34,16 @@ class InactiveBackend {
   virtual std::uint64_t size() const = 0;
   /// Rebuilds the backend's structures from the Inactive slots.
   virtual void rebuild() = 0;
+  /// A frequency event for `hash` (first registration, match hit, touching scan). Only the
+  /// MultiLRU backend counts them.
+  virtual void touch(std::uint64_t /*hi*/, std::uint64_t /*lo*/) {}
   /// Appends a line per broken invariant of the backend's structures.
   virtual void verify(std::vector<std::string>& problems) const = 0;
 };
 
 /// The backend selected by the segment's config.
-std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment);
+std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment, SlotLogger log);
+/// Creator only: an empty lineage region for `block_count` blocks.
+void init_lineage_region(shm::LineageHeader* header, std::uint32_t block_count);
 
 }  // namespace kvbm::detail

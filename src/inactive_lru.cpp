@@ -74,10 +74,20 @@ class LruBackend final : public InactiveBackend {
 
 }  // namespace
 
-std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment) {
-  // Lineage and MultiLRU keep their own structures in the segment (their regions are added with
-  // those backends); until then every policy evicts in entry order, which is exactly FIFO's and
-  // LRU's order.
+std::unique_ptr<InactiveBackend> make_multi_lru_backend(Segment& segment);
+std::unique_ptr<InactiveBackend> make_lineage_backend(Segment& segment, SlotLogger log);
+
+std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment, SlotLogger log) {
+  switch (segment.config().eviction) {
+    case EvictionPolicy::kMultiLru:
+      return make_multi_lru_backend(segment);
+    case EvictionPolicy::kLineage:
+      return make_lineage_backend(segment, std::move(log));
+    case EvictionPolicy::kLru:
+    case EvictionPolicy::kFifo:
+      // Hits remove entries, so LRU order is order of entry into the pool: FIFO's order.
+      break;
+  }
   return std::make_unique<LruBackend>(segment);
 }
 

@@ -19,7 +19,9 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <fmt/format.h>
 
+#include "inactive_backend.hpp"
 #include "process_table.hpp"
+#include "tiny_lfu.hpp"
 
 namespace kvbm::detail {
 namespace bip = boost::interprocess;
@@ -128,6 +130,12 @@ std::string payload_name(std::string_view name) {
   return fmt::format("{}.payload", name);
 }
 
+std::uint32_t lineage_node_capacity(std::uint32_t block_count) {
+  // Real nodes <= Inactive blocks; ghosts are mostly placeholders (one per missing parent).
+  // Beyond this, blocks are kept in the overflow list (still cached and evictable).
+  return 2 * block_count + 16;
+}
+
 Layout compute_layout(const shm::ConfigRecord& c) {
   Layout l;
   std::uint64_t off = shm::align_up(sizeof(shm::SegmentHeader), shm::kCacheLine);
@@ -140,6 +148,17 @@ Layout compute_layout(const shm::ConfigRecord& c) {
   place(shm::kRegionProcesses, std::uint64_t{c.max_processes} * sizeof(shm::ProcEntry));
   place(shm::kRegionSlots, std::uint64_t{c.block_count} * sizeof(shm::SlotMeta));
   place(shm::kRegionIndex, std::uint64_t{l.index_capacity} * sizeof(shm::IndexEntry));
+  if (c.eviction == static_cast<std::uint32_t>(EvictionPolicy::kMultiLru)) {
+    place(shm::kRegionSketch,
+          sizeof(shm::SketchHeader) +
+              TinyLfu::table_len_for(c.frequency_capacity) * sizeof(std::uint64_t));
+  }
+  if (c.eviction == static_cast<std::uint32_t>(EvictionPolicy::kLineage)) {
+    const std::uint64_t nodes = lineage_node_capacity(c.block_count);
+    place(shm::kRegionLineage, sizeof(shm::LineageHeader) + nodes * sizeof(shm::LineageNode) +
+                                   2 * nodes * sizeof(std::uint32_t) +
+                                   nodes * sizeof(std::uint32_t));
+  }
   l.total_bytes = off;
   return l;
 }
@@ -288,6 +307,12 @@ void Segment::bind_regions() {
   procs_ = reinterpret_cast<shm::ProcEntry*>(base + r[shm::kRegionProcesses].offset);
   slots_ = reinterpret_cast<shm::SlotMeta*>(base + r[shm::kRegionSlots].offset);
   index_ = reinterpret_cast<shm::IndexEntry*>(base + r[shm::kRegionIndex].offset);
+  lineage_ = r[shm::kRegionLineage].bytes == 0
+                 ? nullptr
+                 : reinterpret_cast<shm::LineageHeader*>(base + r[shm::kRegionLineage].offset);
+  sketch_ = r[shm::kRegionSketch].bytes == 0
+                ? nullptr
+                : reinterpret_cast<shm::SketchHeader*>(base + r[shm::kRegionSketch].offset);
   index_capacity_ = header_->index_capacity;
 }
 
@@ -426,6 +451,15 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
   }
   ctl->free_list = shm::SlotList{0, n - 1, n};
   ctl->inactive_list = shm::SlotList{shm::kNil, shm::kNil, 0};
+  for (auto& l : ctl->level_lists) {
+    l = shm::SlotList{shm::kNil, shm::kNil, 0};
+  }
+  if (seg->lineage_ != nullptr) {
+    init_lineage_region(seg->lineage_, n);
+  }
+  if (seg->sketch_ != nullptr) {
+    TinyLfu::init(new (seg->sketch_) shm::SketchHeader(), config.frequency_capacity);
+  }
   ctl->next_tick = n;
   ctl->state_counts[static_cast<int>(shm::SlotState::kReset)].store(n);
   for (std::uint32_t b = 0; b < layout.index_capacity; ++b) {

@@ -17,7 +17,9 @@
 #include "shm/control.hpp"
 #include "shm/hash_index_entry.hpp"
 #include "shm/header.hpp"
+#include "shm/lineage.hpp"
 #include "shm/process_entry.hpp"
+#include "shm/sketch.hpp"
 #include "shm/slot.hpp"
 
 namespace boost::interprocess {
@@ -33,6 +35,7 @@ struct Layout {
 };
 
 Layout compute_layout(const shm::ConfigRecord& config);
+std::uint32_t lineage_node_capacity(std::uint32_t block_count);
 std::uint64_t abi_fingerprint();
 Result<void> validate_name(std::string_view name);
 Result<void> validate_config(const SegmentConfig& config);
@@ -68,6 +71,11 @@ class Segment {
   shm::SlotMeta* slots() const { return slots_; }
   shm::IndexEntry* index() const { return index_; }
   std::byte* payload() const { return payload_; }
+  /// The TinyLFU sketch (MultiLRU segments only), else nullptr.
+  shm::SketchHeader* sketch() const { return sketch_; }
+  /// The lineage backend's region (Lineage segments only), else nullptr. Initialised by the
+  /// backend's rebuild() when the segment is created.
+  shm::LineageHeader* lineage() const { return lineage_; }
 
  private:
   Segment() = default;
@@ -85,6 +93,8 @@ class Segment {
   shm::ProcEntry* procs_ = nullptr;
   shm::SlotMeta* slots_ = nullptr;
   shm::IndexEntry* index_ = nullptr;
+  shm::SketchHeader* sketch_ = nullptr;
+  shm::LineageHeader* lineage_ = nullptr;
   std::byte* payload_ = nullptr;
 };
 

@@ -46,6 +46,7 @@ struct alignas(kCacheLine) ControlBlock {
   alignas(kCacheLine) Intent intent;
   alignas(kCacheLine) SlotList free_list;      // Reset slots, FIFO: pop head, push tail
   SlotList inactive_list;                      // LRU/FIFO backends: Inactive slots by tick
+  SlotList level_lists[4];                     // MultiLRU backend: cold .. very hot, each by tick
   std::uint64_t next_tick;                     // monotonic order key for list positions
   std::atomic<std::uint64_t> state_counts[8];  // slots per SlotState (derived)
   std::atomic<std::uint64_t> counters[kCounterSlots];

@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+// TinyLFU: view over the segment's count-min sketch (4-bit counters, 4 hash functions keyed by
+// the 128-bit sequence hash, halving decay after capacity x 10 increments). Bit-compatible with
+// kvbm-logical's TinyLFUSketch. Callers hold the store mutex.
+#pragma once
+
+#include <cstdint>
+
+#include "shm/sketch.hpp"
+
+namespace kvbm::detail {
+
+class TinyLfu {
+ public:
+  explicit TinyLfu(shm::SketchHeader* header)
+      : h_(header), table_(reinterpret_cast<std::uint64_t*>(header + 1)) {}
+
+  static std::uint64_t table_len_for(std::uint32_t capacity) {
+    return capacity / 4 == 0 ? 1 : capacity / 4;
+  }
+  /// Creator only.
+  static void init(shm::SketchHeader* header, std::uint32_t capacity);
+
+  void increment(std::uint64_t hi, std::uint64_t lo);
+  /// Minimum of the key's four counters, 0..15.
+  std::uint32_t estimate(std::uint64_t hi, std::uint64_t lo) const;
+
+ private:
+  void halve();
+  shm::SketchHeader* h_;
+  std::uint64_t* table_;
+};
+
+}  // namespace kvbm::detail

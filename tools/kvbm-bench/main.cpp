@@ -1,0 +1,1067 @@
+// SPDX-License-Identifier: Apache-2.0
+// kvbm-bench: the benchmark driver of DESIGN.md section 7. Each case runs R timed repetitions and
+// reports the median (and p10/p90) next to an in-process baseline (baseline.hpp) measured in the
+// same run, with the repetitions of kvbm and baseline interleaved so that machine noise hits both.
+//
+// The whole run keeps one extra idle thread alive (blocked on a condition variable, as in a real
+// server), so both kvbm and the baseline run in a multi-threaded process (libstdc++ uses atomic
+// reference counts and real mutex calls only then).
+//
+// Usage: kvbm-bench [--reps N] [--quick] [--markdown FILE]
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "kvbm/kvbm.hpp"
+
+#include "baseline.hpp"
+#include "harness.hpp"
+#include "testing_hooks.hpp"
+
+namespace kvbm_bench {
+namespace {
+
+using kvbm::BlockManager;
+using kvbm::SequenceHash;
+
+constexpr std::size_t kBatch = 32;
+
+// --- process plumbing ---------------------------------------------------------------------------
+
+bool g_is_child = false;
+std::vector<std::string> g_segments;  // created by this process; destroyed at exit
+
+[[noreturn]] void die(const std::string& what) {
+  if (g_is_child) {
+    std::fprintf(stderr, "kvbm-bench (child %d): %s\n", static_cast<int>(::getpid()), what.c_str());
+    ::_exit(3);
+  }
+  std::fprintf(stderr, "kvbm-bench: %s\n", what.c_str());
+  std::exit(1);  // runs cleanup_segments()
+}
+
+void cleanup_segments() {
+  if (g_is_child) {
+    return;
+  }
+  for (const std::string& name : g_segments) {
+    (void)BlockManager::destroy(name);
+  }
+  g_segments.clear();
+}
+
+/// Removes kvbm-bench-<pid>-* segments left behind by runs whose process is gone.
+void remove_stale_segments() {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string file = entry.path().filename().string();
+    const std::string prefix = "kvbm-bench-";
+    if (file.rfind(prefix, 0) != 0 || file.ends_with(".payload")) {
+      continue;
+    }
+    const long pid = std::strtol(file.c_str() + prefix.size(), nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) {
+      (void)BlockManager::destroy(file);
+    }
+  }
+}
+
+std::string segment_name(const std::string& which) {
+  return fmt::format("kvbm-bench-{}-{}", ::getpid(), which);
+}
+
+std::shared_ptr<BlockManager> create_segment(const std::string& which, std::uint32_t blocks) {
+  const std::string name = segment_name(which);
+  (void)BlockManager::destroy(name);  // left over from an earlier run with the same pid
+  kvbm::SegmentConfig cfg;
+  cfg.name = name;
+  cfg.block_count = blocks;
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  auto m = BlockManager::create(cfg);
+  if (!m) {
+    die(fmt::format("cannot create segment {}: {}", name, m.error()));
+  }
+  g_segments.push_back(name);
+  return *m;
+}
+
+void destroy_segment(std::shared_ptr<BlockManager>& m) {
+  const std::string name = m->config().name;
+  m.reset();
+  (void)BlockManager::destroy(name);
+  std::erase(g_segments, name);
+}
+
+/// The second thread of the process, alive for the whole run and blocked on a condition variable.
+class IdleThread {
+ public:
+  IdleThread()
+      : thread_([this] {
+          std::unique_lock<std::mutex> l(mu_);
+          cv_.wait(l, [this] { return stop_; });
+        }) {}
+  ~IdleThread() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  IdleThread(const IdleThread&) = delete;
+  IdleThread& operator=(const IdleThread&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+void write_all(int fd, const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, c, n);
+    if (w < 0 && errno == EINTR) {
+      continue;
+    }
+    if (w <= 0) {
+      die(fmt::format("write to pipe: {}", std::strerror(errno)));
+    }
+    c += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+/// False on EOF.
+bool read_all(int fd, void* p, std::size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    const ssize_t r = ::read(fd, c, n);
+    if (r < 0 && errno == EINTR) {
+      continue;
+    }
+    if (r < 0) {
+      die(fmt::format("read from pipe: {}", std::strerror(errno)));
+    }
+    if (r == 0) {
+      return false;
+    }
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+struct Pipe {
+  int fd[2] = {-1, -1};
+  Pipe() {
+    if (::pipe2(fd, O_CLOEXEC) != 0) {
+      die(fmt::format("pipe: {}", std::strerror(errno)));
+    }
+  }
+  ~Pipe() {
+    close_read();
+    close_write();
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  void close_read() {
+    if (fd[0] >= 0) {
+      ::close(fd[0]);
+      fd[0] = -1;
+    }
+  }
+  void close_write() {
+    if (fd[1] >= 0) {
+      ::close(fd[1]);
+      fd[1] = -1;
+    }
+  }
+};
+
+/// In the child: never run the parent's atexit handlers, die with the parent.
+void become_child() {
+  g_is_child = true;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+void wait_child(pid_t pid, bool expect_kill) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) {
+      die(fmt::format("waitpid: {}", std::strerror(errno)));
+    }
+  }
+  const bool ok = expect_kill ? (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+                              : (WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  if (!ok) {
+    die(fmt::format("child {} ended unexpectedly (status {:#x})", pid, status));
+  }
+}
+
+// --- hashes -------------------------------------------------------------------------------------
+
+std::uint64_t g_next_hash = 1;
+
+/// `n` hashes never used before in this run (position 0, no parent).
+std::vector<SequenceHash> fresh_hashes(std::size_t n) {
+  std::vector<SequenceHash> v;
+  v.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    v.push_back(SequenceHash::make(g_next_hash++, std::nullopt, 0));
+  }
+  return v;
+}
+
+// --- the operations, written once for kvbm::BlockManager and baseline::Pool ---------------------
+
+template <class M>
+struct Types;
+template <>
+struct Types<BlockManager> {
+  using Complete = kvbm::CompleteBlock;
+};
+template <>
+struct Types<baseline::Pool> {
+  using Complete = baseline::CompleteBlock;
+};
+
+void drain(BlockManager& m) {
+  (void)m.reset_inactive_pool();  // kBlocksInUse only reports blocks held elsewhere
+}
+void drain(baseline::Pool& p) {
+  p.reset_inactive_pool();
+}
+
+/// `iters` times: allocate_blocks(batch) -> stage each -> register_blocks -> drop all.
+template <class M>
+void cycle(M& m, const SequenceHash* h, std::size_t iters, std::size_t batch = kBatch) {
+  using Complete = typename Types<M>::Complete;
+  const std::uint32_t bs = m.block_size();
+  for (std::size_t it = 0; it < iters; ++it, h += batch) {
+    auto blocks = m.allocate_blocks(batch);
+    if (!blocks) {
+      die("allocate_blocks failed in the cycle");
+    }
+    std::vector<Complete> staged;
+    staged.reserve(batch);
+    for (std::size_t i = 0; i < batch; ++i) {
+      auto r = std::move((*blocks)[i]).stage(h[i], bs);
+      if (!r) {
+        die("stage failed");
+      }
+      staged.push_back(std::move(*r));
+    }
+    auto registered = m.register_blocks(std::move(staged));
+    if (registered.size() != batch) {
+      die("register_blocks returned a short vector");
+    }
+  }  // every handle dropped here: the registered blocks go to the inactive pool
+}
+
+/// Fills the whole pool with registered, inactive blocks (free list empty, inactive pool full).
+template <class M>
+void fill_inactive(M& m, std::size_t n) {
+  auto h = fresh_hashes(n);
+  cycle(m, h.data(), n / kBatch);
+  if (n % kBatch != 0) {
+    cycle(m, h.data() + (n / kBatch) * kBatch, 1, n % kBatch);
+  }
+}
+
+template <class M>
+auto register_fresh(M& m, std::span<const SequenceHash> h) {
+  using Complete = typename Types<M>::Complete;
+  auto blocks = m.allocate_blocks(h.size());
+  if (!blocks) {
+    die("allocate_blocks failed");
+  }
+  std::vector<Complete> staged;
+  for (std::size_t i = 0; i < h.size(); ++i) {
+    auto r = std::move((*blocks)[i]).stage(h[i], m.block_size());
+    if (!r) {
+      die("stage failed");
+    }
+    staged.push_back(std::move(*r));
+  }
+  return m.register_blocks(std::move(staged));
+}
+
+// Case 1: ns per block of the full cycle; the inactive pool is drained before each repetition
+// (untimed), so every allocation in the timed part comes from the reset pool.
+template <class M>
+double rep_cycle(M& m, std::size_t iters) {
+  auto h = fresh_hashes(iters * kBatch);
+  drain(m);
+  const std::int64_t t0 = now_ns();
+  cycle(m, h.data(), iters);
+  const std::int64_t t1 = now_ns();
+  return static_cast<double>(t1 - t0) / static_cast<double>(iters * kBatch);
+}
+
+// Cases 2 and 3: match_blocks of `h` (all present), results dropped inside the timed loop.
+template <class M>
+double rep_match(M& m, std::span<const SequenceHash> h, std::size_t iters) {
+  const std::int64_t t0 = now_ns();
+  for (std::size_t it = 0; it < iters; ++it) {
+    auto got = m.match_blocks(h);
+    if (got.size() != h.size()) {
+      die("match_blocks missed a hash");
+    }
+  }
+  const std::int64_t t1 = now_ns();
+  return static_cast<double>(t1 - t0) / static_cast<double>(iters * h.size());
+}
+
+// Case 4: allocate_blocks(32) with an empty free list and a full inactive pool (32 evictions),
+// then drop the 32 mutable blocks (to Reset): timed. Refill (re-register those 32 blocks under
+// fresh hashes and drop them to the inactive pool): untimed.
+template <class M>
+double rep_evict(M& m, std::size_t iters) {
+  auto refill = fresh_hashes(iters * kBatch);
+  std::int64_t timed = 0;
+  for (std::size_t it = 0; it < iters; ++it) {
+    const std::int64_t t0 = now_ns();
+    {
+      auto b = m.allocate_blocks(kBatch);
+      if (!b) {
+        die("allocate_blocks failed under pressure");
+      }
+    }
+    timed += now_ns() - t0;
+    cycle(m, refill.data() + it * kBatch, 1);
+  }
+  return static_cast<double>(timed) / static_cast<double>(iters * kBatch);
+}
+
+/// Runs kvbm and baseline repetitions interleaved (after one warm-up each).
+template <class FK, class FB>
+std::pair<Stats, Stats> paired(int reps, FK&& kv, FB&& base) {
+  kv();
+  base();
+  std::vector<double> a;
+  std::vector<double> b;
+  for (int r = 0; r < reps; ++r) {
+    if (r % 2 == 0) {
+      a.push_back(kv());
+      b.push_back(base());
+    } else {
+      b.push_back(base());
+      a.push_back(kv());
+    }
+  }
+  if (std::getenv("KVBM_BENCH_SAMPLES") != nullptr) {  // every repetition, for diagnosis
+    fmt::print(stderr, "  kvbm:     {:.1f}\n  baseline: {:.1f}\n", fmt::join(a, " "),
+               fmt::join(b, " "));
+  }
+  return {stats_of(std::move(a)), stats_of(std::move(b))};
+}
+
+// --- case 5: two processes (two threads for the baseline) ---------------------------------------
+
+/// `nprocs` forked processes, each opening the segment and running `iters` cycles of case 1 from
+/// a common start (a pipe closed by the parent). Before that, each child warms up with one pass
+/// over the whole segment (so the timed part does not pay this fresh process's first-touch page
+/// faults on the mapping), and the parent drains the inactive pool once every child is ready.
+/// Returns wall ns per block over all processes: (last end - first start) / blocks.
+double run_processes(BlockManager& parent, int nprocs, std::size_t iters) {
+  const std::string name = parent.config().name;
+  const std::size_t warm_cycles = parent.total_blocks() / kBatch;
+  const std::uint64_t stride = (warm_cycles + iters) * kBatch;
+  Pipe ready;
+  Pipe go;
+  Pipe result;
+  std::vector<pid_t> pids;
+  const std::uint64_t hash_base = g_next_hash;
+  g_next_hash += static_cast<std::uint64_t>(nprocs) * stride;
+  for (int k = 0; k < nprocs; ++k) {
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      die(fmt::format("fork: {}", std::strerror(errno)));
+    }
+    if (pid == 0) {
+      become_child();
+      ready.close_read();
+      go.close_write();
+      result.close_read();
+      IdleThread idle;
+      std::int64_t span[2] = {0, 0};
+      {
+        auto m = BlockManager::open(name);
+        if (!m) {
+          die(fmt::format("open {}: {}", name, m.error()));
+        }
+        g_next_hash = hash_base + static_cast<std::uint64_t>(k) * stride;
+        auto warm = fresh_hashes(warm_cycles * kBatch);
+        auto h = fresh_hashes(iters * kBatch);
+        cycle(**m, warm.data(), warm_cycles);  // evicts once the reset pool is empty
+        write_all(ready.fd[1], "r", 1);
+        char c = 0;
+        (void)read_all(go.fd[0], &c, 1);  // EOF = go
+        span[0] = now_ns();
+        cycle(**m, h.data(), iters);
+        span[1] = now_ns();
+      }  // detach before reporting, so the parent can drain a quiet segment
+      write_all(result.fd[1], span, sizeof span);
+      ::_exit(0);
+    }
+    pids.push_back(pid);
+  }
+  ready.close_write();
+  go.close_read();
+  result.close_write();
+  for (int k = 0; k < nprocs; ++k) {
+    char c = 0;
+    if (!read_all(ready.fd[0], &c, 1)) {
+      die("a case-5 child died before it was ready");
+    }
+  }
+  drain(parent);
+  go.close_write();
+  std::int64_t first = INT64_MAX;
+  std::int64_t last = 0;
+  for (int k = 0; k < nprocs; ++k) {
+    std::int64_t span[2];
+    if (!read_all(result.fd[0], span, sizeof span)) {
+      die("a case-5 child died before reporting");
+    }
+    first = std::min(first, span[0]);
+    last = std::max(last, span[1]);
+  }
+  for (pid_t p : pids) {
+    wait_child(p, false);
+  }
+  return static_cast<double>(last - first) /
+         static_cast<double>(static_cast<std::size_t>(nprocs) * iters * kBatch);
+}
+
+/// The baseline's counterpart: `nthreads` threads on one pool, same start rule.
+double run_threads(baseline::Pool& pool, int nthreads, std::size_t iters) {
+  std::vector<std::vector<SequenceHash>> h;
+  for (int k = 0; k < nthreads; ++k) {
+    h.push_back(fresh_hashes(iters * kBatch));
+  }
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::int64_t> start(static_cast<std::size_t>(nthreads));
+  std::vector<std::int64_t> end(static_cast<std::size_t>(nthreads));
+  std::vector<std::thread> threads;
+  for (int k = 0; k < nthreads; ++k) {
+    threads.emplace_back([&, k] {
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) {
+        std::this_thread::yield();
+      }
+      start[static_cast<std::size_t>(k)] = now_ns();
+      cycle(pool, h[static_cast<std::size_t>(k)].data(), iters);
+      end[static_cast<std::size_t>(k)] = now_ns();
+    });
+  }
+  while (ready.load() < nthreads) {
+    std::this_thread::yield();
+  }
+  go.store(true, std::memory_order_release);
+  for (auto& t : threads) {
+    t.join();
+  }
+  const std::int64_t first = *std::min_element(start.begin(), start.end());
+  const std::int64_t last = *std::max_element(end.begin(), end.end());
+  return static_cast<double>(last - first) /
+         static_cast<double>(static_cast<std::size_t>(nthreads) * iters * kBatch);
+}
+
+// --- cases 6 and 8: a forked child that dies holding something ----------------------------------
+
+enum class ChildDeath { kHolding10k, kHoldingStoreLock };
+
+/// Forks a child that opens `name`, does `what`, reports ready and waits to be SIGKILLed.
+void kill_child_after(const std::string& name, ChildDeath what, std::size_t refs) {
+  Pipe ready;
+  const std::uint64_t hash_base = g_next_hash;
+  g_next_hash += refs;
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    die(fmt::format("fork: {}", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    become_child();
+    ready.close_read();
+    auto m = BlockManager::open(name);
+    if (!m) {
+      die(fmt::format("open {}: {}", name, m.error()));
+    }
+    std::vector<kvbm::ImmutableBlock> held;
+    if (what == ChildDeath::kHolding10k) {
+      g_next_hash = hash_base;
+      auto h = fresh_hashes(refs);
+      held = register_fresh(**m, h);
+      if (held.size() != refs) {
+        die("child could not register its blocks");
+      }
+    } else {
+      kvbm::testing::Peer::lock_store_and_hold(**m);
+    }
+    write_all(ready.fd[1], "r", 1);
+    for (;;) {
+      ::pause();
+    }
+  }
+  ready.close_write();
+  char c = 0;
+  if (!read_all(ready.fd[0], &c, 1)) {
+    die("child died before it was ready");
+  }
+  ::kill(pid, SIGKILL);
+  wait_child(pid, true);
+}
+
+// --- output -------------------------------------------------------------------------------------
+
+std::string fmt_value(double v, Unit u) {
+  switch (u) {
+    case Unit::kNsPerBlock:
+      return fmt::format("{:.1f} ns", v);
+    case Unit::kMs:
+      return fmt::format("{:.2f} ms", v);
+    case Unit::kRatio:
+      return fmt::format("{:.2f}x", v);
+    case Unit::kBytesPerBlock:
+      return fmt::format("{:.1f} B", v);
+  }
+  return {};
+}
+
+std::string fmt_stats(const std::optional<Stats>& s, Unit u, bool spread) {
+  if (!s) {
+    return "-";
+  }
+  if (!spread || s->n < 3) {
+    return fmt_value(s->median, u);
+  }
+  const bool small = u == Unit::kNsPerBlock || u == Unit::kRatio;
+  return fmt::format("{} ({}-{})", fmt_value(s->median, u),
+                     small ? fmt::format("{:.{}f}", s->p10, u == Unit::kRatio ? 2 : 1)
+                           : fmt::format("{:.2f}", s->p10),
+                     small ? fmt::format("{:.{}f}", s->p90, u == Unit::kRatio ? 2 : 1)
+                           : fmt::format("{:.2f}", s->p90));
+}
+
+std::string ratio_text(const Row& r) {
+  if (!r.show_ratio || !r.kvbm || !r.base || r.base->median <= 0) {
+    return "-";
+  }
+  return fmt::format("{:.2f}x", r.kvbm->median / r.base->median);
+}
+
+std::string met_text(const Row& r) {
+  if (!r.met) {
+    return "-";
+  }
+  return *r.met ? "yes" : "NO";
+}
+
+void print_table(const std::vector<Row>& rows) {
+  fmt::print("\n{:<4} {:<46} {:>26} {:>26} {:>8} {:>18} {:>4}\n", "case", "what",
+             "kvbm median (p10-p90)", "baseline median (p10-p90)", "ratio", "target", "met");
+  fmt::print("{}\n", std::string(4 + 46 + 26 + 26 + 8 + 18 + 4 + 6, '-'));
+  for (const Row& r : rows) {
+    fmt::print("{:<4} {:<46} {:>26} {:>26} {:>8} {:>18} {:>4}\n", r.id, r.name,
+               fmt_stats(r.kvbm, r.unit, true), fmt_stats(r.base, r.unit, true), ratio_text(r),
+               r.target, met_text(r));
+  }
+  fmt::print("\n");
+}
+
+void write_markdown(const std::vector<Row>& rows, const std::string& path, int reps) {
+  std::ofstream out(path);
+  if (!out) {
+    die(fmt::format("cannot write {}", path));
+  }
+  out << fmt::format(
+      "Medians of {} repetitions (p10-p90 in parentheses) unless the case says otherwise; "
+      "ratio = kvbm median / baseline median.\n\n",
+      reps);
+  out << "| case | what | kvbm | baseline | kvbm/baseline | target | met? |\n";
+  out << "|---|---|---|---|---|---|---|\n";
+  for (const Row& r : rows) {
+    std::string base = fmt_stats(r.base, r.unit, true);
+    if (!r.base_label.empty() && r.base) {
+      base += " (" + r.base_label + ")";
+    }
+    std::string target = r.target;
+    for (std::size_t p = target.find("<="); p != std::string::npos; p = target.find("<=")) {
+      target.replace(p, 2, "≤");
+    }
+    for (std::size_t p = target.find(">="); p != std::string::npos; p = target.find(">=")) {
+      target.replace(p, 2, "≥");
+    }
+    out << fmt::format("| {} | {} | {} | {} | {} | {} | {} |\n", r.id, r.name,
+                       fmt_stats(r.kvbm, r.unit, true), base, ratio_text(r), target,
+                       r.met ? (*r.met ? "yes" : "**no**") : "-");
+  }
+  std::vector<const Row*> missed;
+  for (const Row& r : rows) {
+    if (r.met && !*r.met) {
+      missed.push_back(&r);
+    }
+  }
+  out << "\n";
+  if (missed.empty()) {
+    out << "**Every target was met in this run.**\n";
+  } else {
+    out << "**Targets missed in this run:**\n\n";
+    for (const Row* r : missed) {
+      out << fmt::format("- case {} ({}): {}\n", r->id, r->name, r->miss_reason);
+    }
+  }
+}
+
+// --- the cases ----------------------------------------------------------------------------------
+
+struct Options {
+  int reps = 15;
+  bool quick = false;
+  std::string only;  // e.g. "1,4": run only these cases (6-8 then build what they need)
+  std::string markdown;
+};
+
+void check(bool ok, const char* what) {
+  if (!ok) {
+    die(fmt::format("sanity check failed: {}", what));
+  }
+}
+
+void say(const std::string& s) {
+  fmt::print(stderr, "[kvbm-bench] {}\n", s);
+  std::fflush(stderr);
+}
+
+void target_max(Row& r, double limit, const std::string& what) {
+  r.met = r.kvbm->median <= limit;
+  if (!*r.met) {
+    r.miss_reason =
+        fmt::format("kvbm median {} > target {}", fmt_value(r.kvbm->median, r.unit), what);
+  }
+}
+
+/// What the cases share: options, results, and the full segments of case 4 reused by 6-8.
+struct Context {
+  Options opt;
+  std::size_t scale = 1;  // --quick divides the work by this
+  std::vector<Row> rows;
+  std::shared_ptr<BlockManager> seg10k;
+  std::shared_ptr<BlockManager> seg1m;
+  std::shared_ptr<baseline::Pool> pool1m;
+
+  bool wanted(char c) const { return opt.only.empty() || opt.only.find(c) != std::string::npos; }
+  std::uint32_t big_n() const { return opt.quick ? 100000 : 1000000; }
+  std::string label(std::size_t n) const {
+    return n >= 1000000 && n % 1000000 == 0 ? fmt::format("{}M", n / 1000000)
+                                            : fmt::format("{}", n);
+  }
+
+  /// The full (inactive) 10k and big segments and the big baseline pool, when case 4 did not
+  /// leave them.
+  void ensure_full_segments() {
+    if (!seg10k) {
+      say("filling a 10000-block segment");
+      seg10k = create_segment("evict10000", 10000);
+      fill_inactive(*seg10k, 10000);
+    }
+    if (!seg1m) {
+      say(fmt::format("filling a {}-block segment and baseline pool", big_n()));
+      seg1m = create_segment(fmt::format("evict{}", big_n()), big_n());
+      fill_inactive(*seg1m, big_n());
+      pool1m = baseline::Pool::create(big_n());
+      fill_inactive(*pool1m, big_n());
+    }
+  }
+};
+
+// Case 1. Repetitions are short (64 cycles = 2048 blocks) so that most of them run without being
+// preempted on a loaded machine; the median then measures the unpreempted cost.
+void case_cycle(Context& cx) {
+  say("case 1: allocate -> stage -> register -> drop");
+  const std::size_t iters = 64;
+  auto m = create_segment("cycle", 1u << 14);
+  auto pool = baseline::Pool::create(1u << 14);
+  auto [k, b] = paired(
+      cx.opt.reps, [&] { return rep_cycle(*m, iters); }, [&] { return rep_cycle(*pool, iters); });
+  Row r = make_row("1", "alloc(32) -> stage -> register(32) -> drop", Unit::kNsPerBlock, k, b);
+  r.target = "<= 60 ns, <= 1.0x";
+  const double ratio = k.median / b.median;
+  r.met = k.median <= 60 && ratio <= 1.0;
+  if (!*r.met) {
+    r.miss_reason = fmt::format(
+        "kvbm median {:.1f} ns per block (target <= 60 ns), {:.2f}x the baseline (target <= "
+        "1.0x)",
+        k.median, ratio);
+  }
+  cx.rows.push_back(r);
+  const auto c = m->counts();
+  check(c.mutable_ == 0 && c.staged == 0 && c.primary == 0, "case 1 left blocks in use");
+  destroy_segment(m);
+}
+
+// Cases 2 and 3: 32 held hashes and 32 inactive ones in one segment.
+void case_match(Context& cx) {
+  say("cases 2-3: match_blocks of active and inactive hashes");
+  const std::size_t iters = 64;
+  auto m = create_segment("match", 4096);
+  auto pool = baseline::Pool::create(4096);
+  const auto active = fresh_hashes(kBatch);
+  const auto inactive = fresh_hashes(kBatch);
+  auto held_k = register_fresh(*m, active);
+  auto held_b = register_fresh(*pool, active);
+  (void)register_fresh(*m, inactive);  // dropped at once: inactive
+  (void)register_fresh(*pool, inactive);
+  check(m->counts().inactive == kBatch && m->counts().primary == kBatch, "case 2 setup");
+
+  if (cx.wanted('2')) {
+    auto [k, b] = paired(
+        cx.opt.reps, [&] { return rep_match(*m, active, iters); },
+        [&] { return rep_match(*pool, active, iters); });
+    Row r = make_row("2", "match_blocks(32 active, held) + drop", Unit::kNsPerBlock, k, b);
+    r.target = "<= 20 ns";
+    target_max(r, 20, "20 ns");
+    cx.rows.push_back(r);
+  }
+  if (cx.wanted('3')) {
+    auto [k, b] = paired(
+        cx.opt.reps, [&] { return rep_match(*m, inactive, iters); },
+        [&] { return rep_match(*pool, inactive, iters); });
+    Row r = make_row("3", "match_blocks(32 inactive) + drop (resurrect)", Unit::kNsPerBlock, k, b);
+    r.target = "<= 40 ns";
+    target_max(r, 40, "40 ns");
+    cx.rows.push_back(r);
+  }
+  check(m->counts().inactive == kBatch && m->counts().primary == kBatch, "case 3 end state");
+  held_k.clear();
+  held_b.clear();
+  destroy_segment(m);
+}
+
+// Case 4, at 10k, 100k and 1M blocks; the 10k and 1M segments stay for cases 6-8.
+void case_evict(Context& cx) {
+  const std::vector<std::uint32_t> sizes{10000, 100000, cx.big_n()};
+  const std::size_t iters = 64;  // 2048 evictions per repetition
+  const char* ids[] = {"4a", "4b", "4c"};
+  double first = 0;
+  double last = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const std::uint32_t n = sizes[i];
+    if (i > 0 && n == sizes[i - 1]) {
+      continue;
+    }
+    say(fmt::format("case 4: eviction under pressure, {} blocks (filling)", n));
+    auto m = create_segment(fmt::format("evict{}", n), n);
+    auto pool = baseline::Pool::create(n);
+    fill_inactive(*m, n);
+    fill_inactive(*pool, n);
+    check(m->counts().inactive == n && m->counts().reset == 0, "case 4 fill (kvbm)");
+    check(pool->inactive_count() == n && pool->free_count() == 0, "case 4 fill (baseline)");
+    say(fmt::format("case 4: eviction under pressure, {} blocks (timing)", n));
+    auto [k, b] = paired(
+        cx.opt.reps, [&] { return rep_evict(*m, iters); }, [&] { return rep_evict(*pool, iters); });
+    Row r = make_row(ids[i], fmt::format("evict: alloc(32) + drop, pool of {}", cx.label(n)),
+                     Unit::kNsPerBlock, k, b);
+    r.target = "<= 60 ns";
+    target_max(r, 60, "60 ns");
+    cx.rows.push_back(r);
+    check(m->counts().inactive == n, "case 4 end state");
+    if (i == 0) {
+      first = k.median;
+    }
+    last = k.median;
+    if (n == 10000) {
+      cx.seg10k = m;
+    } else if (n == cx.big_n()) {
+      cx.seg1m = m;
+      cx.pool1m = pool;
+    } else {
+      destroy_segment(m);
+    }
+  }
+  Row flat = make_row("4d", fmt::format("flatness: {} / 10k (kvbm medians)", cx.label(cx.big_n())),
+                      Unit::kRatio);
+  flat.kvbm = Stats{last / first, last / first, last / first, 1};
+  flat.target = "flat (<= 1.5x)";
+  flat.show_ratio = false;
+  flat.met = last / first <= 1.5;
+  if (!*flat.met) {
+    flat.miss_reason =
+        fmt::format("the largest pool costs {:.2f}x the 10k pool per eviction", last / first);
+  }
+  cx.rows.push_back(flat);
+}
+
+// Case 5: 1 process, then 2 processes at once, each running case 1's cycle `iters` times from a
+// common start; the baseline does the same with threads on one pool. The inactive pool is
+// drained between runs (untimed), so no run evicts.
+void case_processes(Context& cx) {
+  say("case 5: 1 vs 2 processes on one segment");
+  const std::size_t iters = 1024 / cx.scale;  // 32768 blocks per process
+  auto m = create_segment("mp", 1u << 17);
+  auto pool = baseline::Pool::create(1u << 17);
+  std::vector<double> k1, k2, ks, b1, b2, bs;
+  const int reps = std::max(3, cx.opt.reps / 2);
+  for (int r = -1; r < reps; ++r) {  // r == -1: warm-up
+    const double one = run_processes(*m, 1, iters);
+    const double two = run_processes(*m, 2, iters);
+    drain(*pool);
+    const double tone = run_threads(*pool, 1, iters);
+    drain(*pool);
+    const double ttwo = run_threads(*pool, 2, iters);
+    if (r >= 0) {
+      k1.push_back(one);
+      k2.push_back(two);
+      ks.push_back(one / two);  // aggregate throughput(2) / throughput(1)
+      b1.push_back(tone);
+      b2.push_back(ttwo);
+      bs.push_back(tone / ttwo);
+    }
+  }
+  check(m->reap_dead_processes() == 0, "case 5 children detached cleanly");
+  Row a = make_row("5a", "1 process: case 1 cycle, wall per block", Unit::kNsPerBlock, stats_of(k1),
+                   stats_of(b1));
+  a.base_label = "1 thread";
+  Row b = make_row("5b", "2 processes at once: aggregate wall per block", Unit::kNsPerBlock,
+                   stats_of(k2), stats_of(b2));
+  b.base_label = "2 threads";
+  Row s = make_row("5c", "2-process aggregate throughput / 1-process", Unit::kRatio, stats_of(ks),
+                   stats_of(bs));
+  s.base_label = "2 threads / 1 thread";
+  s.show_ratio = false;
+  s.target = ">= 0.8x";
+  s.met = s.kvbm->median >= 0.8;
+  if (!*s.met) {
+    s.miss_reason =
+        fmt::format("two processes together reach {:.2f}x the throughput of one (target >= 0.8x)",
+                    s.kvbm->median);
+  }
+  cx.rows.push_back(a);
+  cx.rows.push_back(b);
+  cx.rows.push_back(s);
+  destroy_segment(m);
+}
+
+// Case 6: a forked child registers and holds 10k blocks in the big segment and is SIGKILLed;
+// time of the parent's reap_dead_processes().
+void case_reap(Context& cx) {
+  cx.ensure_full_segments();
+  BlockManager& big = *cx.seg1m;
+  const std::size_t n = big.total_blocks();
+  say(fmt::format("case 6: reap of a dead process holding 10k refs ({} blocks)", n));
+  const std::size_t refs = 10000;
+  const int reps = std::max(3, cx.opt.reps / 2);
+  std::vector<double> kv;
+  std::vector<double> bl;
+  for (int r = -1; r < reps; ++r) {
+    kill_child_after(big.config().name, ChildDeath::kHolding10k, refs);
+    const std::int64_t t0 = now_ns();
+    const std::size_t reaped = big.reap_dead_processes();
+    const std::int64_t t1 = now_ns();
+    check(reaped == 1, "case 6 reaped the dead child");
+    const auto c = big.counts();
+    check(c.primary == 0 && c.mutable_ == 0 && c.inactive == n, "case 6 after reap");
+    auto h = fresh_hashes(refs);
+    auto held = register_fresh(*cx.pool1m, h);
+    const std::int64_t b0 = now_ns();
+    held.clear();
+    const std::int64_t b1 = now_ns();
+    if (r >= 0) {
+      kv.push_back(static_cast<double>(t1 - t0) / 1e6);
+      bl.push_back(static_cast<double>(b1 - b0) / 1e6);
+    }
+  }
+  Row r = make_row("6", fmt::format("reap dead process holding 10k refs, {} blocks", cx.label(n)),
+                   Unit::kMs, stats_of(kv), stats_of(bl));
+  r.base_label = "in-process drop of 10k last refs";
+  r.target = "<= 20 ms";
+  target_max(r, 20, "20 ms");
+  cx.rows.push_back(r);
+}
+
+// Case 7: verify() of the big segment (every block registered and inactive), and its size.
+void case_verify(Context& cx) {
+  cx.ensure_full_segments();
+  BlockManager& big = *cx.seg1m;
+  const std::size_t n = big.total_blocks();
+  say(fmt::format("case 7: verify() of {} blocks", n));
+  const int reps = std::max(3, cx.opt.reps / 3);
+  std::vector<double> kv;
+  std::vector<double> bl;
+  for (int r = -1; r < reps; ++r) {
+    const std::int64_t t0 = now_ns();
+    const auto problems = big.verify();
+    const std::int64_t t1 = now_ns();
+    if (!problems.empty()) {
+      die(fmt::format("verify found {} problems, first: {}", problems.size(), problems.front()));
+    }
+    const std::int64_t b0 = now_ns();
+    check(cx.pool1m->verify() == 0, "baseline verify");
+    const std::int64_t b1 = now_ns();
+    if (r >= 0) {
+      kv.push_back(static_cast<double>(t1 - t0) / 1e6);
+      bl.push_back(static_cast<double>(b1 - b0) / 1e6);
+    }
+  }
+  Row r = make_row("7a", fmt::format("verify(), {} blocks, all inactive", cx.label(n)), Unit::kMs,
+                   stats_of(kv), stats_of(bl));
+  r.base_label = "walk lists + map";
+  r.target = "<= 1 s";
+  target_max(r, 1000, "1 s");
+  cx.rows.push_back(r);
+
+  struct stat st {};
+  const std::string path = "/dev/shm/" + big.config().name;
+  if (::stat(path.c_str(), &st) != 0) {
+    die(fmt::format("stat {}: {}", path, std::strerror(errno)));
+  }
+  const double per_block = static_cast<double>(st.st_size) / static_cast<double>(n);
+  Row b = make_row("7b", fmt::format("segment bytes per block ({} B / {})", st.st_size, n),
+                   Unit::kBytesPerBlock, Stats{per_block, per_block, per_block, 1});
+  b.target = "<= 96 B";
+  b.show_ratio = false;
+  target_max(b, 96, "96 B");
+  cx.rows.push_back(b);
+}
+
+// Case 8: a forked child opens the segment, takes the store mutex and is SIGKILLed; time of the
+// parent's next call (counts()), which recovers. Segments full of inactive blocks.
+void case_recovery(Context& cx) {
+  cx.ensure_full_segments();
+  const std::vector<BlockManager*> segs{cx.seg10k.get(), cx.seg1m.get()};
+  const char* ids[] = {"8a", "8b"};
+  for (std::size_t i = 0; i < segs.size(); ++i) {
+    BlockManager& m = *segs[i];
+    const std::size_t n = m.total_blocks();
+    say(fmt::format("case 8: recovery after EOWNERDEAD, {} blocks", n));
+    const int reps = std::max(3, cx.opt.reps / 3);
+    std::vector<double> kv;
+    for (int r = -1; r < reps; ++r) {
+      const auto before = m.metrics().recoveries_total;
+      kill_child_after(m.config().name, ChildDeath::kHoldingStoreLock, 0);
+      const std::int64_t t0 = now_ns();
+      const auto c = m.counts();
+      const std::int64_t t1 = now_ns();
+      check(c.inactive == n, "case 8 counts after recovery");
+      check(m.metrics().recoveries_total == before + 1, "case 8 ran one recovery");
+      check(m.reap_dead_processes() == 1, "case 8 reaped the dead child");
+      if (r >= 0) {
+        kv.push_back(static_cast<double>(t1 - t0) / 1e6);
+      }
+    }
+    Row r = make_row(ids[i],
+                     fmt::format("recovery: next call after EOWNERDEAD, {} blocks", cx.label(n)),
+                     Unit::kMs, stats_of(kv));
+    r.target = "-";
+    cx.rows.push_back(r);
+  }
+}
+
+// --- main ---------------------------------------------------------------------------------------
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) {
+      o.reps = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--only" && i + 1 < argc) {
+      o.only = argv[++i];
+    } else if (a == "--markdown" && i + 1 < argc) {
+      o.markdown = argv[++i];
+    } else {
+      std::fprintf(stderr,
+                   "usage: kvbm-bench [--reps N] [--quick] [--only CASES e.g. 1,4] "
+                   "[--markdown FILE]\n");
+      std::exit(2);
+    }
+  }
+  if (o.quick) {
+    o.reps = std::min(o.reps, 3);
+  }
+  return o;
+}
+
+int run(const Options& opt) {
+  Context cx;
+  cx.opt = opt;
+  cx.scale = opt.quick ? 8 : 1;
+  if (cx.wanted('1')) {
+    case_cycle(cx);
+  }
+  if (cx.wanted('2') || cx.wanted('3')) {
+    case_match(cx);
+  }
+  if (cx.wanted('4')) {
+    case_evict(cx);
+  }
+  if (cx.wanted('5')) {
+    case_processes(cx);
+  }
+  if (cx.wanted('6')) {
+    case_reap(cx);
+  }
+  if (cx.wanted('7')) {
+    case_verify(cx);
+  }
+  if (cx.wanted('8')) {
+    case_recovery(cx);
+  }
+  cx.seg10k.reset();
+  cx.seg1m.reset();
+  cx.pool1m.reset();
+  cleanup_segments();
+
+  print_table(cx.rows);
+  if (!opt.markdown.empty()) {
+    write_markdown(cx.rows, opt.markdown, opt.reps);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvbm_bench
+
+int main(int argc, char** argv) {
+  using namespace kvbm_bench;
+  const Options opt = parse(argc, argv);
+  std::atexit(cleanup_segments);
+  remove_stale_segments();
+  IdleThread idle;  // the second thread of a real server, alive for the whole run
+  try {
+    return run(opt);
+  } catch (const std::exception& e) {
+    die(fmt::format("exception: {}", e.what()));
+  }
+}
