@@ -830,7 +830,7 @@ void case_processes(Context& cx) {
   auto m = create_segment("mp", 1u << 17);
   auto pool = baseline::Pool::create(1u << 17);
   std::vector<double> k1, k2, ks, b1, b2, bs;
-  const int reps = std::max(3, cx.opt.reps / 2);
+  const int reps = std::max(3, cx.opt.reps);
   for (int r = -1; r < reps; ++r) {  // r == -1: warm-up
     const double one = run_processes(*m, 1, iters);
     const double two = run_processes(*m, 2, iters);

@@ -94,7 +94,11 @@ kvbm::Result<std::unique_ptr<d::Segment>> open_ro(const std::string& name) {
 
 std::uint64_t metadata_bytes_per_block(const d::Segment& seg) {
   const auto& r = seg.header()->regions;
-  return (r[kvbm::shm::kRegionSlots].bytes + r[kvbm::shm::kRegionIndex].bytes) / seg.block_count();
+  // Everything that grows with the block count, except the TinyLFU sketch (sized by
+  // frequency_capacity, not by blocks).
+  return (r[kvbm::shm::kRegionSlots].bytes + r[kvbm::shm::kRegionIndex].bytes +
+          r[kvbm::shm::kRegionLineage].bytes) /
+         seg.block_count();
 }
 
 void print_processes_table(const std::vector<d::ProcessView>& procs) {
