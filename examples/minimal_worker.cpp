@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The whole block lifecycle in one process: attach -> allocate -> stage -> register -> match ->
 // drop, printing the state of the block after each step.
-//   usage: minimal_worker [SEGMENT]   (creates the segment if needed; default "kvbm-minimal")
+//   usage: minimal_worker [SEGMENT]   (default "kvbm-minimal"; a segment it creates is destroyed
+//   at the end)
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -16,7 +17,11 @@ int main(int argc, char** argv) {
   config.block_count = 64;
   config.block_size = 4;
   config.eviction = kvbm::EvictionPolicy::kLru;
-  auto opened = kvbm::BlockManager::open_or_create(config);
+  auto opened = kvbm::BlockManager::create(config);
+  const bool created_here = opened.has_value();
+  if (!opened && opened.error().code == kvbm::Errc::kAlreadyExists) {
+    opened = kvbm::BlockManager::open(config.name);
+  }
   if (!opened) {
     fmt::print(stderr, "cannot attach: {}\n", opened.error());
     return 1;
@@ -68,5 +73,10 @@ int main(int argc, char** argv) {
              manager->match_blocks(hashes).size(), hashes.size());
   const auto problems = manager->verify();
   fmt::print("verify: {}\n", problems.empty() ? "consistent" : problems.front());
+  evicting.first.clear();
+  manager.reset();
+  if (created_here) {
+    (void)kvbm::BlockManager::destroy(config.name);
+  }
   return problems.empty() ? 0 : 1;
 }

@@ -18,6 +18,7 @@ namespace kvbm::shm {
 enum class LockStatus { kOk, kOwnerDead, kNotRecoverable, kTimedOut, kError };
 
 struct RobustMutex {
+  static constexpr long kWaitSliceNs = 20 * 1000 * 1000;  // 20 ms
   pthread_mutex_t m;
 
   /// Creator only, on zero-filled memory no other process can see yet.
@@ -34,7 +35,25 @@ struct RobustMutex {
     return ok;
   }
 
-  LockStatus lock() noexcept { return status(pthread_mutex_lock(&m)); }
+  /// Waits without bound, but never relies on a single wake-up: a waiter that the unlocker woke
+  /// can be SIGKILLed before it takes the lock, and if a third process takes the free lock
+  /// first (without the waiters bit), the other sleepers are never woken. The kernel's robust
+  /// list cannot help: the dead waiter owned nothing. So sleep in short timed slices and retry;
+  /// a lost wake-up costs at most one slice. The uncontended path is a single trylock.
+  LockStatus lock() noexcept {
+    int r = pthread_mutex_trylock(&m);
+    while (r == EBUSY || r == ETIMEDOUT) {
+      timespec deadline{};
+      clock_gettime(CLOCK_REALTIME, &deadline);
+      deadline.tv_nsec += kWaitSliceNs;
+      if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000;
+      }
+      r = pthread_mutex_timedlock(&m, &deadline);
+    }
+    return status(r);
+  }
   LockStatus try_lock() noexcept { return status(pthread_mutex_trylock(&m)); }
   /// Bounded wait (CLOCK_REALTIME deadline), for tools that must never hang on a live holder.
   LockStatus timed_lock(const timespec& deadline) noexcept {

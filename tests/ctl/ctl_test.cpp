@@ -1,2 +1,1502 @@
 // SPDX-License-Identifier: Apache-2.0
+// kvbm-ctl, run as a real binary (fork + execv, stdout/stderr captured, exact exit status, hard
+// timeout) against real segments: round trips, agreement with the library, dead workers, a worker
+// killed inside the store mutex, every output format, usage errors, damaged segments and a seeded
+// random-corruption run.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <random>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kvbm/kvbm.hpp"
+
+#include "shm/control.hpp"
+#include "shm/header.hpp"
+#include "shm/layout.hpp"
+#include "shm/slot.hpp"
+#include "support/temp_segment.hpp"
+#include "testing_hooks.hpp"
+
+#ifndef KVBM_CTL_PATH
+#error "KVBM_CTL_PATH must name the kvbm-ctl binary"
+#endif
+
+namespace {
+
+using kvbm::BlockManager;
+using kvbm::SequenceHash;
+using kvbm::testing::Child;
+using kvbm::testing::Signal;
+using kvbm::testing::TempSegment;
+using nlohmann::json;
+
+// --- running the binary --------------------------------------------------------------------------
+
+struct Run {
+  int code = -1;           // exit code, or 128 + signal
+  bool timed_out = false;  // killed by us after the deadline
+  double seconds = 0;      // wall time of the run
+  std::string out, err;
+  std::string all() const { return out + err; }
+};
+
+std::string describe(const std::vector<std::string>& args, const Run& r) {
+  std::string cmd = "kvbm-ctl";
+  for (const auto& a : args) {
+    cmd += " " + a;
+  }
+  return fmt::format("$ {}\nexit {}{}\n--- stdout ---\n{}\n--- stderr ---\n{}", cmd, r.code,
+                     r.timed_out ? " (TIMED OUT)" : "", r.out.substr(0, 4000),
+                     r.err.substr(0, 4000));
+}
+
+Run run_ctl(const std::vector<std::string>& args, int timeout_s = 10) {
+  int out_pipe[2], err_pipe[2];
+  REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
+  std::vector<std::string> storage;
+  storage.push_back(KVBM_CTL_PATH);
+  storage.insert(storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : storage) {
+    argv.push_back(s.data());
+  }
+  argv.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Only async-signal-safe calls between fork and exec.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) {
+      ::_exit(127);
+    }
+    ::dup2(out_pipe[1], 1);
+    ::dup2(err_pipe[1], 2);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) {
+      ::dup2(devnull, 0);
+    }
+    // No inherited descriptor (Signal pipes, segment fds) survives into the tool.
+    ::syscall(SYS_close_range, 3u, ~0u, 0u);
+    ::execv(argv[0], argv.data());
+    ::_exit(126);
+  }
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  Run r;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  std::string* sinks[2] = {&r.out, &r.err};
+  int open_fds = 2;
+  while (open_fds > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+    if (left <= 0) {
+      r.timed_out = true;
+      ::kill(pid, SIGKILL);
+      break;
+    }
+    const int n = ::poll(fds, 2, static_cast<int>(left));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        char buf[65536];
+        const ssize_t got = ::read(fds[i].fd, buf, sizeof(buf));
+        if (got > 0) {
+          sinks[i]->append(buf, static_cast<std::size_t>(got));
+        } else if (got == 0 || errno != EINTR) {
+          ::close(fds[i].fd);
+          fds[i].fd = -1;
+          --open_fds;
+        }
+      }
+    }
+  }
+  for (auto& f : fds) {
+    if (f.fd >= 0) {
+      ::close(f.fd);
+    }
+  }
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline +
+                                            std::chrono::seconds(timeout_s))
+                  .count();
+  return r;
+}
+
+// Runs and checks the exit code, showing the whole run on failure.
+#define CTL_EXPECT(result, expected_code, ...)                       \
+  const Run result = run_ctl(std::vector<std::string>{__VA_ARGS__}); \
+  INFO(describe(std::vector<std::string>{__VA_ARGS__}, result));     \
+  REQUIRE_FALSE(result.timed_out);                                   \
+  REQUIRE(result.code == (expected_code))
+
+json parse_json(const Run& r) {
+  INFO("output: " << r.out.substr(0, 4000));
+  json j;
+  REQUIRE_NOTHROW(j = json::parse(r.out));
+  return j;
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) {
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return s;
+}
+
+// --- segments ------------------------------------------------------------------------------------
+
+const std::vector<std::string> kMetricNames = {"kvbm_allocations_total",
+                                               "kvbm_allocations_from_reset_total",
+                                               "kvbm_evictions_total",
+                                               "kvbm_registrations_total",
+                                               "kvbm_duplicate_blocks_total",
+                                               "kvbm_registration_dedup_total",
+                                               "kvbm_stagings_total",
+                                               "kvbm_match_hashes_requested_total",
+                                               "kvbm_match_blocks_returned_total",
+                                               "kvbm_scan_hashes_requested_total",
+                                               "kvbm_scan_blocks_returned_total",
+                                               "kvbm_reaped_processes_total",
+                                               "kvbm_recoveries_total",
+                                               "kvbm_reset_pool_size",
+                                               "kvbm_inactive_pool_size",
+                                               "kvbm_inflight_mutable",
+                                               "kvbm_inflight_immutable",
+                                               "kvbm_attached_processes"};
+
+bool is_counter(const std::string& full_name) {
+  return full_name.size() > 6 && full_name.ends_with("_total");
+}
+
+SequenceHash H(int i) {
+  return SequenceHash::make(5000 + static_cast<std::uint64_t>(i), std::nullopt, 0);
+}
+
+// Blocks held by the test process in every state but Reset.
+struct Population {
+  std::vector<kvbm::MutableBlock> mut;      // Mutable
+  std::vector<kvbm::CompleteBlock> staged;  // Staged
+  std::vector<kvbm::ImmutableBlock> held;   // Primary (and one Duplicate with kAllow)
+  std::vector<kvbm::BlockId> inactive_ids;  // released: Inactive
+};
+
+Population populate(BlockManager& m, bool with_duplicate) {
+  Population p;
+  auto blocks = m.allocate_blocks(12).value();
+  // 0..3 registered and held (H0..H3), 4..5 registered then dropped (Inactive, H4, H5),
+  // 6..7 staged (H6, H7), 8..10 mutable, 11: duplicate of H0 (Allow) or mutable.
+  std::vector<kvbm::CompleteBlock> to_register;
+  for (int i = 0; i < 6; ++i) {
+    to_register.push_back(std::move(blocks[i]).stage(H(i), m.block_size()).value());
+  }
+  auto imm = m.register_blocks(std::move(to_register));
+  REQUIRE(imm.size() == 6);
+  for (int i = 0; i < 4; ++i) {
+    p.held.push_back(imm[i]);
+  }
+  p.inactive_ids = {imm[4].block_id(), imm[5].block_id()};
+  p.held[1].set_reset_on_release(true);
+  imm.clear();
+  for (int i = 6; i < 8; ++i) {
+    p.staged.push_back(std::move(blocks[i]).stage(H(i), m.block_size()).value());
+  }
+  for (int i = 8; i < 11; ++i) {
+    p.mut.push_back(std::move(blocks[i]));
+  }
+  if (with_duplicate) {
+    p.held.push_back(m.register_block(std::move(blocks[11]).stage(H(0), m.block_size()).value()));
+  } else {
+    p.mut.push_back(std::move(blocks[11]));
+  }
+  // A prefix match and a scan, so the match/scan counters are not all zero.
+  const std::vector<SequenceHash> q = {H(0), H(1), H(99)};
+  auto matched = m.match_blocks(q);
+  auto scanned = m.scan_matches(q, false);
+  return p;
+}
+
+std::string shm_path(const std::string& name) {
+  return "/dev/shm/" + name;
+}
+
+std::vector<unsigned char> read_file(const std::string& path) {
+  std::vector<unsigned char> bytes;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  struct stat st {};
+  REQUIRE(::fstat(fd, &st) == 0);
+  bytes.resize(static_cast<std::size_t>(st.st_size));
+  REQUIRE(::pread(fd, bytes.data(), bytes.size(), 0) == static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+  return bytes;
+}
+
+// Writes `bytes` at `offset` of an existing file (in place: keeps the inode).
+void write_at(const std::string& path, std::uint64_t offset, const void* data, std::size_t n) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(::pwrite(fd, data, n, static_cast<off_t>(offset)) == static_cast<ssize_t>(n));
+  ::close(fd);
+}
+
+// Creates (or replaces) /dev/shm/<name> holding exactly `bytes`.
+void write_new_file(const std::string& name, const std::vector<unsigned char>& bytes) {
+  const std::string path = shm_path(name);
+  ::unlink(path.c_str());
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+}
+
+kvbm::shm::RegionEntry region_of(const std::string& name, kvbm::shm::Region r) {
+  kvbm::shm::RegionEntry e{};
+  const int fd = ::open(shm_path(name).c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  const off_t at = static_cast<off_t>(offsetof(kvbm::shm::SegmentHeader, regions) +
+                                      r * sizeof(kvbm::shm::RegionEntry));
+  REQUIRE(::pread(fd, &e, sizeof(e), at) == static_cast<ssize_t>(sizeof(e)));
+  ::close(fd);
+  return e;
+}
+
+std::map<std::string, std::int64_t> metrics_of(const std::string& name) {
+  CTL_EXPECT(r, 0, "metrics", name, "--format", "json");
+  std::map<std::string, std::int64_t> out;
+  const json j = parse_json(r);
+  for (const auto& [k, v] : j.items()) {
+    out[k] = v.get<std::int64_t>();
+  }
+  return out;
+}
+
+const json* find_process(const json& procs, std::int64_t pid) {
+  for (const auto& p : procs) {
+    if (p.at("pid").get<std::int64_t>() == pid) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
+
+// Runs `setup` in a forked worker, then signals `ready` (1) and waits to be SIGKILLed. If setup
+// throws or fails, signals 2 instead, so the parent's ready.wait() never blocks forever (the
+// parent holds the pipe's write end too, so it would not see EOF).
+template <class F>
+int park_after(Signal& ready, F setup) {
+  try {
+    if (setup()) {
+      ready.notify(1);
+      for (;;) {
+        ::pause();
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "worker: %s\n", e.what());
+  }
+  ready.notify(2);
+  return 97;
+}
+
+// A worker that opens the segment, holds blocks in every per-process form, signals and waits to
+// be killed. Holds: 2 Mutable, 1 Staged, 2 registered Primaries of its own (H(100), H(101)) and a
+// holder bit on the parent's H(0).
+int worker_holding_blocks(const std::string& name, Signal& ready) {
+  std::shared_ptr<BlockManager> m;
+  std::vector<kvbm::MutableBlock> blocks;
+  kvbm::CompleteBlock staged;
+  std::vector<kvbm::ImmutableBlock> held;
+  return park_after(ready, [&] {
+    m = BlockManager::open(name).value();
+    blocks = m->allocate_blocks(5).value();
+    staged = std::move(blocks[2]).stage(H(102), m->block_size()).value();
+    held.push_back(m->register_block(std::move(blocks[3]).stage(H(100), m->block_size()).value()));
+    held.push_back(m->register_block(std::move(blocks[4]).stage(H(101), m->block_size()).value()));
+    const std::vector<SequenceHash> q = {H(0)};
+    auto shared = m->match_blocks(q);
+    if (shared.size() != 1) {
+      return false;
+    }
+    held.insert(held.end(), shared.begin(), shared.end());
+    return true;
+  });
+}
+
+}  // namespace
+
+// --- 1 -------------------------------------------------------------------------------------------
+
+TEST_CASE("create / info --json / destroy round trip", "[ctl]") {
+  TempSegment seg("ctl-rt");
+  const auto& name = seg.name();
+  {
+    CTL_EXPECT(r, 0, "create", name, "--blocks", "128", "--eviction", "lru", "--duplication",
+               "reject", "--bytes-per-block", "64", "--mode", "0640");
+  }
+  struct stat st {};
+  REQUIRE(::stat(shm_path(name).c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0640);
+  REQUIRE(::stat(shm_path(name + ".payload").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0640);
+  CHECK(st.st_size >= 128 * 64);
+  {
+    CTL_EXPECT(r, 0, "info", name, "--json");
+    const json j = parse_json(r);
+    CHECK(j.at("name") == name);
+    CHECK(j.at("block_count") == 128);
+    CHECK(j.at("block_size") == 16);
+    CHECK(j.at("eviction") == "lru");
+    CHECK(j.at("duplication") == "reject");
+    const json& c = j.at("counts");
+    for (const char* k : {"reset", "mutable", "staged", "primary", "duplicate", "inactive"}) {
+      INFO(k);
+      REQUIRE(c.contains(k));
+      CHECK(c.at(k) == (std::string(k) == "reset" ? 128 : 0));
+    }
+    REQUIRE(j.at("processes").is_array());
+    CHECK(j.at("processes").empty());  // creating does not attach
+    const json& m = j.at("metrics");
+    REQUIRE(m.is_object());
+    CHECK(m.size() == kMetricNames.size());
+    for (const auto& full : kMetricNames) {
+      INFO(full);
+      CHECK(m.contains(full.substr(5)));
+    }
+    CHECK(m.at("reset_pool_size") == 128);
+    CHECK(m.at("allocations_total") == 0);
+    CHECK(m.at("attached_processes") == 0);
+  }
+  {
+    // The library agrees on the config the CLI wrote.
+    auto mgr = BlockManager::open(name);
+    REQUIRE(mgr.has_value());
+    const auto& cfg = (*mgr)->config();
+    CHECK(cfg.block_count == 128);
+    CHECK(cfg.eviction == kvbm::EvictionPolicy::kLru);
+    CHECK(cfg.duplication == kvbm::DuplicationPolicy::kReject);
+    CHECK(cfg.bytes_per_block == 64);
+  }
+  {
+    CTL_EXPECT(r, 0, "info", name);  // text form
+    CHECK(contains(r.out, name));
+  }
+  { CTL_EXPECT(r, 0, "destroy", name); }
+  CHECK(::access(shm_path(name).c_str(), F_OK) != 0);
+  CHECK(::access(shm_path(name + ".payload").c_str(), F_OK) != 0);
+  {
+    CTL_EXPECT(r, 3, "destroy", name);
+    CHECK_FALSE(r.err.empty());
+  }
+  { CTL_EXPECT(r, 3, "info", name, "--json"); }
+}
+
+TEST_CASE("create refuses an existing name; destroy refuses live attachments without --force",
+          "[ctl]") {
+  TempSegment seg("ctl-ex");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "8"); }
+  {
+    CTL_EXPECT(r, 1, "create", seg.name(), "--blocks", "8");
+    CHECK(contains(r.err, "exists"));
+  }
+  auto m = seg.open();
+  {
+    CTL_EXPECT(r, 1, "destroy", seg.name());
+    CHECK(contains(r.err, "--force"));
+  }
+  CHECK(::access(shm_path(seg.name()).c_str(), F_OK) == 0);
+  { CTL_EXPECT(r, 0, "destroy", seg.name(), "--force"); }
+  CHECK(::access(shm_path(seg.name()).c_str(), F_OK) != 0);
+  // The attached process keeps a valid mapping.
+  CHECK(m->counts().reset == 8);
+}
+
+// --- 2 -------------------------------------------------------------------------------------------
+
+TEST_CASE("info --json agrees with the library and lists the attached test process", "[ctl]") {
+  TempSegment seg("ctl-agree");
+  auto cfg = seg.config(64);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  auto m = seg.create(cfg);
+  auto pop = populate(*m, /*with_duplicate=*/true);
+
+  CTL_EXPECT(r, 0, "info", seg.name(), "--json");
+  const json j = parse_json(r);
+  const auto c = m->counts();
+  CHECK(c.mutable_ == 3);
+  CHECK(c.staged == 2);
+  CHECK(c.primary == 4);
+  CHECK(c.duplicate == 1);
+  CHECK(c.inactive == 2);
+  const json& jc = j.at("counts");
+  CHECK(jc.at("reset") == c.reset);
+  CHECK(jc.at("mutable") == c.mutable_);
+  CHECK(jc.at("staged") == c.staged);
+  CHECK(jc.at("primary") == c.primary);
+  CHECK(jc.at("duplicate") == c.duplicate);
+  CHECK(jc.at("inactive") == c.inactive);
+
+  const auto snap = m->metrics();
+  const json& jm = j.at("metrics");
+  CHECK(jm.size() == kMetricNames.size());
+  for (const auto& full : kMetricNames) {
+    INFO(full);
+    REQUIRE(snap.get(full).has_value());
+    REQUIRE(jm.contains(full.substr(5)));
+    CHECK(jm.at(full.substr(5)).get<std::int64_t>() == *snap.get(full));
+  }
+  CHECK(jm.at("registrations_total").get<std::int64_t>() >= 7);
+  CHECK(jm.at("attached_processes") == 1);
+
+  const json& procs = j.at("processes");
+  REQUIRE(procs.is_array());
+  REQUIRE(procs.size() == 1);
+  const json* me = find_process(procs, ::getpid());
+  REQUIRE(me != nullptr);
+  CHECK(me->at("alive") == true);
+  CHECK(me->at("index") == m->process_index());
+}
+
+TEST_CASE("read-only commands never take a process entry", "[ctl]") {
+  TempSegment seg("ctl-ro");
+  auto m = seg.create(32);
+  auto pop = populate(*m, true);
+  const auto before = m->metrics().attached_processes;
+  REQUIRE(before == 1);
+  const std::vector<std::vector<std::string>> cmds = {{"info", seg.name()},
+                                                      {"info", seg.name(), "--json"},
+                                                      {"dump", seg.name()},
+                                                      {"dump", seg.name(), "--json"},
+                                                      {"processes", seg.name()},
+                                                      {"processes", seg.name(), "--json"},
+                                                      {"verify", seg.name()},
+                                                      {"metrics", seg.name()},
+                                                      {"metrics", seg.name(), "--format", "json"},
+                                                      {"list"},
+                                                      {"list", "--json"}};
+  for (const auto& args : cmds) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK(r.code == 0);
+    CHECK(m->metrics().attached_processes == before);
+  }
+  // The process table as the tool sees it: still only us.
+  CTL_EXPECT(r, 0, "processes", seg.name(), "--json");
+  const json procs = parse_json(r);
+  REQUIRE(procs.is_array());
+  CHECK(procs.size() == 1);
+  CHECK(m->verify().empty());
+}
+
+TEST_CASE("read-only commands work when the process table is full", "[ctl]") {
+  TempSegment seg("ctl-full");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "16", "--max-processes", "1"); }
+  auto m = seg.open();
+  {
+    auto second = BlockManager::open(seg.name());
+    REQUIRE_FALSE(second.has_value());
+    CHECK(second.error().code == kvbm::Errc::kProcessTableFull);
+  }
+  auto blocks = m->allocate_blocks(2).value();
+  const std::vector<std::vector<std::string>> cmds = {
+      {"info", seg.name(), "--json"}, {"dump", seg.name(), "--json"}, {"processes", seg.name()},
+      {"verify", seg.name()},         {"metrics", seg.name()},        {"list", "--json"}};
+  for (const auto& args : cmds) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK(r.code == 0);
+  }
+  CHECK(m->metrics().attached_processes == 1);
+  CTL_EXPECT(r, 0, "info", seg.name(), "--json");
+  const json j = parse_json(r);
+  CHECK(j.at("counts").at("mutable") == 2);
+  CHECK(j.at("metrics").at("attached_processes") == 1);
+}
+
+// --- 3 -------------------------------------------------------------------------------------------
+
+TEST_CASE("a SIGKILLed worker: processes shows it dead, verify fails, repair releases", "[ctl]") {
+  TempSegment seg("ctl-dead");
+  auto cfg = seg.config(64);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  auto m = seg.create(cfg);
+  auto own = m->register_block(std::move(m->allocate_blocks(1).value()[0]).stage(H(0), 16).value());
+  const auto counts_before = m->counts();
+
+  Signal ready;
+  Child worker([&] { return worker_holding_blocks(seg.name(), ready); });
+  REQUIRE(ready.wait() == 1);
+  const pid_t dead_pid = worker.pid();
+  worker.kill();
+
+  {
+    CTL_EXPECT(r, 0, "processes", seg.name());
+    CHECK(contains(r.out, "DEAD"));
+    CHECK(contains(r.out, std::to_string(dead_pid)));
+    CHECK(contains(r.out, "alive"));
+  }
+  {
+    CTL_EXPECT(r, 0, "processes", seg.name(), "--json");
+    const json procs = parse_json(r);
+    REQUIRE(procs.is_array());
+    CHECK(procs.size() == 2);
+    const json* dead = find_process(procs, dead_pid);
+    REQUIRE(dead != nullptr);
+    CHECK(dead->at("alive") == false);
+    const json* me = find_process(procs, ::getpid());
+    REQUIRE(me != nullptr);
+    CHECK(me->at("alive") == true);
+  }
+  {
+    CTL_EXPECT(r, 1, "verify", seg.name());
+    CHECK(contains(lower(r.out), "dead"));
+    CHECK(contains(r.out, std::to_string(dead_pid)));
+  }
+  const auto mid = m->counts();
+  CHECK(mid.mutable_ == counts_before.mutable_ + 2);
+  CHECK(mid.staged == counts_before.staged + 1);
+  CHECK(mid.primary == counts_before.primary + 2);
+
+  std::string dump_before;
+  {
+    CTL_EXPECT(r, 0, "dump", seg.name(), "--json");
+    dump_before = r.out;
+  }
+  const auto metrics_before = metrics_of(seg.name());
+
+  SECTION("repair --dry-run changes nothing") {
+    {
+      CTL_EXPECT(r, 0, "repair", seg.name(), "--dry-run");
+      CHECK(contains(r.out, std::to_string(dead_pid)));
+    }
+    CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+    CHECK(d.out == dump_before);
+    CHECK(metrics_of(seg.name()) == metrics_before);
+    CTL_EXPECT(v, 1, "verify", seg.name());
+  }
+  SECTION("repair refuses while this live process is attached, --force repairs") {
+    {
+      CTL_EXPECT(r, 1, "repair", seg.name());
+      CHECK(contains(r.err, "live"));
+      CHECK(contains(r.err, "--force"));
+    }
+    {
+      CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+      CHECK(d.out == dump_before);
+      CTL_EXPECT(v, 1, "verify", seg.name());
+    }
+    {
+      CTL_EXPECT(r, 0, "repair", seg.name(), "--force");
+      CHECK(contains(r.out, std::to_string(dead_pid)));
+    }
+    { CTL_EXPECT(v, 0, "verify", seg.name()); }
+    CHECK(m->verify().empty());
+    const auto after = m->counts();
+    CHECK(after.mutable_ == counts_before.mutable_);
+    CHECK(after.staged == counts_before.staged);
+    CHECK(after.primary == counts_before.primary);
+    CHECK(after.inactive == counts_before.inactive + 2);  // the worker's H100/H101 stay cached
+    CHECK(m->inspect_block(own.block_id()).holder_processes == 1);
+    const auto mt = metrics_of(seg.name());
+    CHECK(mt.at("reaped_processes_total") == metrics_before.at("reaped_processes_total") + 1);
+    CHECK(mt.at("attached_processes") == 1);
+    CTL_EXPECT(p, 0, "processes", seg.name());
+    CHECK_FALSE(contains(p.out, "DEAD"));
+  }
+  SECTION("with no live process attached, repair needs no --force") {
+    own = kvbm::ImmutableBlock();
+    m.reset();
+    { CTL_EXPECT(r, 0, "repair", seg.name()); }
+    { CTL_EXPECT(v, 0, "verify", seg.name()); }
+    CTL_EXPECT(i, 0, "info", seg.name(), "--json");
+    const json j = parse_json(i);
+    CHECK(j.at("processes").empty());
+    CHECK(j.at("counts").at("mutable") == 0);
+    CHECK(j.at("counts").at("staged") == 0);
+    CHECK(j.at("counts").at("primary") == 0);
+    CHECK(j.at("counts").at("inactive") == 3);
+  }
+}
+
+// --- 4 -------------------------------------------------------------------------------------------
+
+TEST_CASE("a worker killed inside the store mutex: repair recovers", "[ctl]") {
+  TempSegment seg("ctl-mutex");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "32", "--eviction", "lru"); }
+  bool half_done = false;
+  SECTION("between operations") {}
+  SECTION("in the middle of an operation (armed intent, slot 20 damaged)") {
+    half_done = true;
+  }
+  Signal ready;
+  Child worker([&] {
+    std::shared_ptr<BlockManager> m;
+    std::vector<kvbm::MutableBlock> blocks;
+    kvbm::ImmutableBlock imm;
+    return park_after(ready, [&] {
+      m = BlockManager::open(seg.name()).value();
+      blocks = m->allocate_blocks(3).value();
+      imm = m->register_block(std::move(blocks[0]).stage(H(1), 16).value());
+      if (half_done) {
+        kvbm::testing::Peer::half_done_operation_and_hold(*m, 20);
+      } else {
+        kvbm::testing::Peer::lock_store_and_hold(*m);
+      }
+      return true;
+    });
+  });
+  REQUIRE(ready.wait() == 1);
+  worker.kill();
+  const auto before = metrics_of(seg.name());
+  if (half_done) {
+    CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+    const json j = parse_json(d);
+    CHECK(j.at("header").at("intent_armed") == true);
+  }
+  {
+    CTL_EXPECT(r, 0, "repair", seg.name());
+    CHECK(contains(r.out, "died"));
+    if (half_done) {
+      CHECK(contains(r.out, "rolled"));
+    }
+  }
+  { CTL_EXPECT(v, 0, "verify", seg.name()); }
+  const auto after = metrics_of(seg.name());
+  CHECK(after.at("recoveries_total") > before.at("recoveries_total"));
+  CHECK(after.at("reaped_processes_total") == before.at("reaped_processes_total") + 1);
+  CHECK(after.at("attached_processes") == 0);
+  CHECK(after.at("inflight_mutable") == 0);
+  CHECK(after.at("inactive_pool_size") == 1);  // the worker's registered H(1) stays cached
+  CHECK(after.at("reset_pool_size") == 31);
+  // A worker can use the segment again.
+  auto m = seg.open();
+  CHECK(m->verify().empty());
+  CHECK(m->inspect_block(20).state == kvbm::SlotState::kReset);
+  const std::vector<SequenceHash> q = {H(1)};
+  CHECK(m->match_blocks(q).size() == 1);
+  CHECK(m->allocate_blocks(31).has_value());
+}
+
+TEST_CASE("a live process holding the store mutex: read-only commands do not hang", "[ctl]") {
+  TempSegment seg("ctl-held");
+  auto m = seg.create(16);
+  auto blocks = m->allocate_blocks(2).value();
+  Signal ready;
+  Child holder([&] {
+    std::shared_ptr<BlockManager> mine;
+    return park_after(ready, [&] {
+      mine = BlockManager::open(seg.name()).value();
+      kvbm::testing::Peer::lock_store_and_hold(*mine);
+      return true;
+    });
+  });
+  REQUIRE(ready.wait() == 1);
+  // Lock-free readers answer at once.
+  for (const auto& args : std::vector<std::vector<std::string>>{{"info", seg.name(), "--json"},
+                                                                {"dump", seg.name(), "--json"},
+                                                                {"processes", seg.name()},
+                                                                {"metrics", seg.name()}}) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK(r.code == 0);
+    CHECK(r.seconds < 1.5);
+  }
+  {
+    // verify waits at most ~2 s for the mutex, then reports it.
+    const Run r = run_ctl({"verify", seg.name()});
+    INFO(describe({"verify", seg.name()}, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 1);
+    CHECK(contains(r.out, "held by a live process"));
+    CHECK(r.seconds < 4.0);
+  }
+  holder.kill();
+  // The next locker recovers; the test process's blocks are intact.
+  CHECK(m->verify().empty() == false);  // the dead holder's entry is not reaped yet
+  CHECK(m->reap_dead_processes() == 1);
+  CHECK(m->verify().empty());
+  CHECK(m->counts().mutable_ == 2);
+  CTL_EXPECT(v, 0, "verify", seg.name());
+}
+
+TEST_CASE("repair --dry-run after a death inside the store mutex changes nothing",
+          "[ctl][!mayfail]") {
+  TempSegment seg("ctl-mutex-dry");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "32", "--eviction", "lru"); }
+  Signal ready;
+  Child worker([&] {
+    std::shared_ptr<BlockManager> m;
+    std::vector<kvbm::MutableBlock> blocks;
+    return park_after(ready, [&] {
+      m = BlockManager::open(seg.name()).value();
+      blocks = m->allocate_blocks(2).value();
+      kvbm::testing::Peer::lock_store_and_hold(*m);
+      return true;
+    });
+  });
+  REQUIRE(ready.wait() == 1);
+  worker.kill();
+  std::string dump_before;
+  {
+    CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+    dump_before = d.out;
+  }
+  const auto before = metrics_of(seg.name());
+  { CTL_EXPECT(r, 0, "repair", seg.name(), "--dry-run"); }
+  const auto after = metrics_of(seg.name());
+  CHECK(after.at("recoveries_total") == before.at("recoveries_total"));
+  CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+  CHECK(d.out == dump_before);  // includes the header's epoch
+}
+
+// --- 5 -------------------------------------------------------------------------------------------
+
+TEST_CASE("metrics: Prometheus text format and JSON", "[ctl]") {
+  TempSegment seg("ctl-prom");
+  auto m = seg.create(32);
+  auto pop = populate(*m, true);
+  CTL_EXPECT(r, 0, "metrics", seg.name());
+  const std::regex type_re(R"re(# TYPE (kvbm_[a-z_]+) (counter|gauge))re");
+  const std::regex sample_re(R"re((kvbm_[a-z_]+)\{pool="([^"]*)"\} (-?[0-9]+))re");
+  std::istringstream lines(r.out);
+  std::string line;
+  std::map<std::string, std::string> types;
+  std::map<std::string, std::int64_t> values;
+  std::string last_typed;
+  int n_lines = 0;
+  while (std::getline(lines, line)) {
+    ++n_lines;
+    INFO("line: " << line);
+    std::smatch mt;
+    if (std::regex_match(line, mt, type_re)) {
+      CHECK(types.count(mt[1]) == 0);
+      types[mt[1]] = mt[2];
+      last_typed = mt[1];
+      const std::string want = is_counter(mt[1]) ? "counter" : "gauge";
+      CHECK(mt[2] == want);
+    } else if (std::regex_match(line, mt, sample_re)) {
+      CHECK(mt[1] == last_typed);  // each sample follows its TYPE line
+      CHECK(mt[2] == seg.name());
+      CHECK(values.count(mt[1]) == 0);
+      values[mt[1]] = std::stoll(mt[3]);
+      CHECK(values[mt[1]] >= 0);
+    } else {
+      FAIL("unexpected line in Prometheus output");
+    }
+  }
+  CHECK(n_lines == 2 * static_cast<int>(kMetricNames.size()));
+  std::set<std::string> want(kMetricNames.begin(), kMetricNames.end());
+  std::set<std::string> got_types, got_values;
+  for (const auto& [k, v] : types) {
+    got_types.insert(k);
+  }
+  for (const auto& [k, v] : values) {
+    got_values.insert(k);
+  }
+  CHECK(got_types == want);
+  CHECK(got_values == want);
+
+  const auto js = metrics_of(seg.name());
+  const auto snap = m->metrics();
+  for (const auto& full : kMetricNames) {
+    INFO(full);
+    REQUIRE(js.count(full.substr(5)) == 1);
+    CHECK(js.at(full.substr(5)) == values[full]);
+    CHECK(js.at(full.substr(5)) == *snap.get(full));
+  }
+  CHECK(js.size() == kMetricNames.size());
+}
+
+// --- 6 -------------------------------------------------------------------------------------------
+
+TEST_CASE("dump --json lists every non-reset slot as the library sees it", "[ctl]") {
+  TempSegment seg("ctl-dump");
+  auto cfg = seg.config(48);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  auto m = seg.create(cfg);
+  auto pop = populate(*m, true);
+  const std::uint32_t me = m->process_index();
+
+  CTL_EXPECT(r, 0, "dump", seg.name(), "--json");
+  const json j = parse_json(r);
+  REQUIRE(j.contains("header"));
+  REQUIRE(j.contains("processes"));
+  REQUIRE(j.contains("slots"));
+  CHECK(j.at("header").at("name") == seg.name());
+  CHECK(j.at("header").at("block_count") == 48);
+  REQUIRE(j.at("processes").is_array());
+  const json* self = find_process(j.at("processes"), ::getpid());
+  REQUIRE(self != nullptr);
+  CHECK(self->at("alive") == true);
+
+  std::map<std::uint32_t, std::string> from_lib;
+  for (kvbm::BlockId id = 0; id < m->total_blocks(); ++id) {
+    const auto info = m->inspect_block(id);
+    if (info.state != kvbm::SlotState::kReset) {
+      from_lib[id] = std::string(kvbm::to_string(info.state));
+    }
+  }
+  CHECK(from_lib.size() == 12);
+  std::map<std::uint32_t, std::string> from_dump;
+  for (const auto& s : j.at("slots")) {
+    for (const char* k :
+         {"id", "state", "hash", "holders", "owner", "duplicate_of", "reset_on_release"}) {
+      INFO("slot " << s.dump() << " key " << k);
+      REQUIRE(s.contains(k));
+    }
+    const auto id = s.at("id").get<std::uint32_t>();
+    INFO("slot " << s.dump());
+    CHECK(from_dump.count(id) == 0);
+    from_dump[id] = s.at("state").get<std::string>();
+    const auto info = m->inspect_block(id);
+    CHECK(s.at("reset_on_release").get<bool>() == info.reset_on_release);
+    const std::string st = from_dump[id];
+    if (st == "staged" || st == "primary" || st == "duplicate" || st == "inactive") {
+      CHECK(s.at("hash") == info.hash.to_string());
+    }
+    if (st == "mutable" || st == "staged") {
+      CHECK(s.at("owner") == me);
+    } else {
+      CHECK(s.at("owner").is_null());
+    }
+    if (st == "primary" || st == "duplicate") {
+      CHECK(s.at("holders").get<std::uint64_t>() == (std::uint64_t{1} << me));
+    } else {
+      CHECK(s.at("holders") == 0);
+    }
+    if (st == "duplicate") {
+      CHECK(s.at("duplicate_of") == pop.held[0].block_id());
+    } else {
+      CHECK(s.at("duplicate_of").is_null());
+    }
+  }
+  CHECK(from_dump == from_lib);
+  CHECK(from_dump.at(pop.held[1].block_id()) == "primary");
+  for (auto id : pop.inactive_ids) {
+    CHECK(from_dump.at(id) == "inactive");
+  }
+  // The reset-on-release flag set through the library shows in the dump.
+  for (const auto& s : j.at("slots")) {
+    if (s.at("id") == pop.held[1].block_id()) {
+      CHECK(s.at("reset_on_release") == true);
+    }
+  }
+
+  CTL_EXPECT(t, 0, "dump", seg.name());
+  for (const char* word : {"mutable", "staged", "primary", "duplicate", "inactive"}) {
+    INFO(word);
+    CHECK(contains(t.out, word));
+  }
+  CHECK(contains(t.out, pop.held[0].sequence_hash().to_string()));
+}
+
+// --- 7 -------------------------------------------------------------------------------------------
+
+TEST_CASE("list shows the segment", "[ctl]") {
+  TempSegment seg("ctl-list");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "24", "--eviction", "fifo"); }
+  {
+    CTL_EXPECT(r, 0, "list");
+    CHECK(contains(r.out, seg.name()));
+  }
+  {
+    CTL_EXPECT(r, 0, "list", "--json");
+    const json arr = parse_json(r);
+    REQUIRE(arr.is_array());
+    const json* found = nullptr;
+    for (const auto& e : arr) {
+      if (e.at("name") == seg.name()) {
+        found = &e;
+      }
+    }
+    REQUIRE(found != nullptr);
+    CHECK(found->at("block_count") == 24);
+    CHECK(found->at("eviction") == "fifo");
+    CHECK(found->at("processes") == 0);
+  }
+  { CTL_EXPECT(r, 0, "destroy", seg.name()); }
+  CTL_EXPECT(r, 0, "list", "--json");
+  for (const auto& e : parse_json(r)) {
+    CHECK(e.at("name") != seg.name());
+  }
+}
+
+// --- 8 -------------------------------------------------------------------------------------------
+
+TEST_CASE("usage errors exit 2 and point at the help", "[ctl]") {
+  TempSegment seg("ctl-usage");
+  const std::string& x = seg.name();
+  const std::vector<std::vector<std::string>> bad = {
+      {},
+      {"bogus"},
+      {"bogus", x},
+      {"create", x, "--blocks", "0"},
+      {"create", x},
+      {"create", x, "--blocks", "-3"},
+      {"create", x, "--blocks", "ten"},
+      {"metrics", x, "--format", "xml"},
+      {"create", x, "--blocks", "10", "--eviction", "bogus"},
+      {"create", x, "--blocks", "10", "--duplication", "maybe"},
+      {"create", x, "--blocks", "10", "--lineage-order", "random"},
+      {"create", x, "--blocks", "10", "--block-size", "3"},
+      {"create", x, "--blocks", "10", "--max-processes", "0"},
+      {"create", x, "--blocks", "10", "--max-processes", "65"},
+      {"create", x, "--blocks", "10", "--mode", "999"},
+      {"create", "/bad-name", "--blocks", "10"},
+      {"create", x, "--blocks", "10", "--no-such-flag"},
+      {"info"},
+      {"info", x, "--frobnicate"},
+      {"verify"},
+      {"repair"},
+      {"destroy"},
+  };
+  for (const auto& args : bad) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 2);
+    CHECK_FALSE(r.all().empty());
+  }
+  // CLI parse errors point at --help.
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {}, {"bogus"}, {"create", x}, {"metrics", x, "--format", "xml"}}) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK(contains(r.all(), "--help"));
+  }
+  // Nothing was created by the rejected invocations.
+  CHECK(::access(shm_path(x).c_str(), F_OK) != 0);
+}
+
+TEST_CASE("a missing segment exits 3", "[ctl]") {
+  TempSegment seg("ctl-missing");
+  const std::string& x = seg.name();
+  const std::vector<std::vector<std::string>> cmds = {
+      {"info", x},      {"info", x, "--json"},
+      {"dump", x},      {"dump", x, "--json"},
+      {"processes", x}, {"verify", x},
+      {"repair", x},    {"repair", x, "--dry-run"},
+      {"metrics", x},   {"metrics", x, "--format", "json"},
+      {"destroy", x},   {"destroy", x, "--force"}};
+  for (const auto& args : cmds) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 3);
+    CHECK(contains(r.err, x));
+  }
+}
+
+TEST_CASE("--help on every subcommand exits 0 and shows an example", "[ctl]") {
+  const std::vector<std::vector<std::string>> cmds = {
+      {"--help"},           {"create", "--help"},    {"info", "--help"},
+      {"dump", "--help"},   {"processes", "--help"}, {"verify", "--help"},
+      {"repair", "--help"}, {"metrics", "--help"},   {"list", "--help"},
+      {"destroy", "--help"}};
+  for (const auto& args : cmds) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK(r.code == 0);
+    CHECK(contains(r.out, "example"));
+  }
+}
+
+// --- 9 -------------------------------------------------------------------------------------------
+
+TEST_CASE("a file of random bytes is a layout mismatch (exit 4)", "[ctl]") {
+  TempSegment seg("ctl-rand");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "32"); }
+  auto bytes = read_file(shm_path(seg.name()));
+  std::mt19937_64 rng(12345);
+  for (auto& b : bytes) {
+    b = static_cast<unsigned char>(rng());
+  }
+  bytes[0] = 0xAB;  // certainly not the kvbm magic, certainly not zero
+  write_at(shm_path(seg.name()), 0, bytes.data(), bytes.size());
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"info", seg.name()},
+                                             {"info", seg.name(), "--json"},
+                                             {"verify", seg.name()},
+                                             {"dump", seg.name()},
+                                             {"dump", seg.name(), "--json"},
+                                             {"processes", seg.name()},
+                                             {"metrics", seg.name()},
+                                             {"repair", seg.name()},
+                                             {"repair", seg.name(), "--force"}}) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "layout"));
+  }
+  // list does not claim it is a kvbm segment.
+  CTL_EXPECT(l, 0, "list", "--json");
+  for (const auto& e : parse_json(l)) {
+    CHECK(e.at("name") != seg.name());
+  }
+}
+
+TEST_CASE("a kvbm header of another layout or ABI is refused with exit 4, repair too", "[ctl]") {
+  TempSegment seg("ctl-abi");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "16"); }
+  const std::string path = shm_path(seg.name());
+  SECTION("layout major") {
+    const std::uint16_t major = kvbm::shm::kLayoutMajor + 7;
+    write_at(path, offsetof(kvbm::shm::SegmentHeader, layout_major), &major, sizeof(major));
+  }
+  SECTION("ABI fingerprint") {
+    std::uint64_t fp = 0;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(::pread(fd, &fp, 8, offsetof(kvbm::shm::SegmentHeader, abi_fingerprint)) == 8);
+    ::close(fd);
+    fp ^= 0x0101;
+    write_at(path, offsetof(kvbm::shm::SegmentHeader, abi_fingerprint), &fp, sizeof(fp));
+  }
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"info", seg.name()},
+                                             {"verify", seg.name()},
+                                             {"dump", seg.name(), "--json"},
+                                             {"repair", seg.name()},
+                                             {"repair", seg.name(), "--dry-run"}}) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 4);
+    CHECK_FALSE(r.err.empty());
+  }
+  // The library agrees.
+  auto m = BlockManager::open(seg.name());
+  REQUIRE_FALSE(m.has_value());
+  CHECK(m.error().code == kvbm::Errc::kLayoutMismatch);
+}
+
+TEST_CASE("a truncated segment is reported, never a crash", "[ctl]") {
+  TempSegment seg("ctl-trunc");
+  auto cfg = seg.config(64);
+  { auto m = seg.create(cfg); }
+  const std::string path = shm_path(seg.name());
+  const auto full = read_file(path);
+  std::uint64_t size = 0;
+  SECTION("half") {
+    size = full.size() / 2;
+  }
+  SECTION("inside the header") {
+    size = 100;
+  }
+  SECTION("one byte short") {
+    size = full.size() - 1;
+  }
+  REQUIRE(::truncate(path.c_str(), static_cast<off_t>(size)) == 0);
+  {
+    // list keeps going and names the damaged segment with an error.
+    CTL_EXPECT(l, 0, "list", "--json");
+    for (const auto& e : parse_json(l)) {
+      if (e.at("name") == seg.name()) {
+        CHECK(e.contains("error"));
+      }
+    }
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{{"info", seg.name()},
+                                                                {"verify", seg.name()},
+                                                                {"dump", seg.name(), "--json"},
+                                                                {"processes", seg.name()},
+                                                                {"metrics", seg.name()},
+                                                                {"repair", seg.name()}}) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code < 128);
+    CHECK((r.code == 1 || r.code == 4));
+    CHECK_FALSE(r.err.empty());
+  }
+}
+
+TEST_CASE("an empty (zero-length) segment object is reported, never a hang", "[ctl]") {
+  TempSegment seg("ctl-empty");
+  { auto m = seg.create(8); }
+  REQUIRE(::truncate(shm_path(seg.name()).c_str(), 0) == 0);
+  // open waits up to 2 s for a segment being initialised, then reports it.
+  const Run r = run_ctl({"info", seg.name()});
+  INFO(describe({"info", seg.name()}, r));
+  CHECK_FALSE(r.timed_out);
+  CHECK((r.code == 1 || r.code == 4));
+  CHECK_FALSE(r.err.empty());
+  CHECK(r.seconds < 4.0);
+  // Removed here: BlockManager::destroy (TempSegment's cleanup) would wait another 2 s on it.
+  ::unlink(shm_path(seg.name()).c_str());
+}
+
+// BUG (reported): a segment whose payload object is missing (removed by hand, or a header whose
+// bytes_per_block was damaged) is reported as "not found" (exit 3) by every command, and
+// `destroy` - even with --force - refuses to remove it: the operator cannot clean it up with
+// kvbm-ctl. BlockManager::destroy handles the same case.
+TEST_CASE("a segment whose payload object is missing can still be destroyed", "[ctl][!mayfail]") {
+  TempSegment seg("ctl-nopl");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "8", "--bytes-per-block", "64"); }
+  REQUIRE(::unlink(shm_path(seg.name() + ".payload").c_str()) == 0);
+  {
+    const Run r = run_ctl({"info", seg.name()});
+    INFO(describe({"info", seg.name()}, r));
+    CHECK(r.code == 1);  // the segment exists: corrupted, not "not found"
+  }
+  {
+    const Run r = run_ctl({"destroy", seg.name()});
+    INFO(describe({"destroy", seg.name()}, r));
+    CHECK(r.code == 0);
+  }
+  CHECK(::access(shm_path(seg.name()).c_str(), F_OK) != 0);
+}
+
+// A consistent segment (populated, then detached) whose slot table the test then damages.
+struct DamagedSlots {
+  TempSegment seg{"ctl-slots"};
+  kvbm::shm::RegionEntry slots{};
+  std::string path;
+
+  DamagedSlots() {
+    auto cfg = seg.config(32);
+    cfg.eviction = kvbm::EvictionPolicy::kLru;
+    {
+      auto m = seg.create(cfg);
+      auto pop = populate(*m, false);
+      // Detach: everything held goes back (registered -> Inactive), the segment is consistent.
+    }
+    CTL_EXPECT(v, 0, "verify", seg.name());
+    slots = region_of(seg.name(), kvbm::shm::kRegionSlots);
+    REQUIRE(slots.bytes == 32 * sizeof(kvbm::shm::SlotMeta));
+    path = shm_path(seg.name());
+  }
+  template <class T>
+  void write_field(std::uint32_t id, std::size_t field, T value) {
+    write_at(path, slots.offset + id * sizeof(kvbm::shm::SlotMeta) + field, &value, sizeof(T));
+  }
+};
+
+TEST_CASE("damaged slots: verify lists problems, dump survives, repair fixes", "[ctl]") {
+  DamagedSlots d;
+  const auto& name = d.seg.name();
+  // Slot 3 (Inactive): an invalid state value.
+  d.write_field<std::uint8_t>(3, offsetof(kvbm::shm::SlotMeta, state), 0x7F);
+  // Slot 25 (Reset): Mutable, owned by an entry nobody uses.
+  d.write_field<std::uint8_t>(25, offsetof(kvbm::shm::SlotMeta, state),
+                              static_cast<std::uint8_t>(kvbm::shm::SlotState::kMutable));
+  d.write_field<std::uint32_t>(25, offsetof(kvbm::shm::SlotMeta, owner), 7);
+  {
+    CTL_EXPECT(v, 1, "verify", name);
+    CHECK(contains(v.out, "slot 3"));
+    CHECK(contains(v.out, "slot 25"));
+    CHECK(contains(v.out, "problem"));
+  }
+  {
+    const Run r = run_ctl({"dump", name, "--json"});
+    INFO(describe({"dump", name, "--json"}, r));
+    REQUIRE((r.code == 0 || r.code == 1));
+    if (r.code == 0) {
+      const json j = parse_json(r);
+      std::map<std::uint32_t, std::string> states;
+      for (const auto& s : j.at("slots")) {
+        states[s.at("id").get<std::uint32_t>()] = s.at("state").get<std::string>();
+      }
+      CHECK(states[3] == "invalid");
+      CHECK(states[25] == "mutable");
+    }
+  }
+  {
+    const Run r = run_ctl({"dump", name});
+    INFO(describe({"dump", name}, r));
+    CHECK((r.code == 0 || r.code == 1));
+  }
+  {
+    CTL_EXPECT(r, 0, "repair", name, "--dry-run");
+    CHECK(contains(r.out, "slot 3"));
+    CTL_EXPECT(v, 1, "verify", name);  // the dry run changed nothing
+  }
+  { CTL_EXPECT(r, 0, "repair", name); }
+  { CTL_EXPECT(v, 0, "verify", name); }
+  auto m = d.seg.open();
+  CHECK(m->verify().empty());
+  CHECK(m->inspect_block(3).state == kvbm::SlotState::kReset);
+  CHECK(m->inspect_block(25).state == kvbm::SlotState::kReset);
+}
+
+// BUG (reported): repair releases only holder bits of DEAD entries it reaps; bits of entries not
+// in use at all (verify: "held by process entry N, which is not in use") stay, so repair exits 1
+// with "problem(s) remain after repair" instead of "verify passes afterwards".
+TEST_CASE("damaged slots: repair clears holder bits of entries not in use", "[ctl][!mayfail]") {
+  DamagedSlots d;
+  const auto& name = d.seg.name();
+  d.write_field<std::uint64_t>(20, offsetof(kvbm::shm::SlotMeta, holders), 0xF0);  // a Reset slot
+  {
+    CTL_EXPECT(v, 1, "verify", name);
+    CHECK(contains(v.out, "slot 20"));
+  }
+  { CTL_EXPECT(r, 0, "repair", name); }
+  { CTL_EXPECT(v, 0, "verify", name); }
+}
+
+// BUG (reported): repair reaps dead processes through the derived structures (inactive list,
+// hash index) BEFORE rebuilding them, so a damaged derived structure - which verify reports and
+// which repair promises to rebuild - crashes it (SIGSEGV in list_push_back).
+TEST_CASE("repair survives a damaged inactive list while reaping a dead worker",
+          "[ctl][!mayfail]") {
+  TempSegment seg("ctl-dlist");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "16", "--eviction", "lru"); }
+  Signal ready;
+  Child worker([&] {
+    std::shared_ptr<BlockManager> m;
+    kvbm::ImmutableBlock imm;
+    return park_after(ready, [&] {
+      m = BlockManager::open(seg.name()).value();
+      imm = m->register_block(std::move(m->allocate_blocks(1).value()[0]).stage(H(1), 16).value());
+      return true;
+    });
+  });
+  REQUIRE(ready.wait() == 1);
+  worker.kill();
+  // The inactive list is empty; give it a tail far past the slot table.
+  const auto control = region_of(seg.name(), kvbm::shm::kRegionControl);
+  const std::uint32_t tail = 0x00FFFFFF;
+  write_at(shm_path(seg.name()),
+           control.offset + offsetof(kvbm::shm::ControlBlock, inactive_list) +
+               offsetof(kvbm::shm::SlotList, tail),
+           &tail, sizeof(tail));
+  {
+    CTL_EXPECT(v, 1, "verify", seg.name());
+    CHECK(contains(v.out, "inactive list"));
+  }
+  {
+    const Run r = run_ctl({"repair", seg.name()});
+    INFO(describe({"repair", seg.name()}, r));
+    REQUIRE_FALSE(r.timed_out);
+    CHECK(r.code < 128);
+    CHECK(r.code == 0);
+  }
+  CTL_EXPECT(v, 0, "verify", seg.name());
+}
+
+TEST_CASE("corruption found by the library hook: verify fails, repair fixes", "[ctl]") {
+  TempSegment seg("ctl-hook");
+  auto m = seg.create(16);
+  auto pop = populate(*m, true);
+  // Slot of an Inactive block gets an invalid state value (no intent: unrecoverable damage).
+  kvbm::testing::Peer::corrupt_slot_state(*m, pop.inactive_ids[0], 0x42);
+  {
+    CTL_EXPECT(v, 1, "verify", seg.name());
+    CHECK(contains(v.out, fmt::format("slot {}", pop.inactive_ids[0])));
+  }
+  { CTL_EXPECT(r, 0, "repair", seg.name(), "--force"); }
+  { CTL_EXPECT(v, 0, "verify", seg.name()); }
+  CHECK(m->verify().empty());
+  CHECK(m->inspect_block(pop.inactive_ids[0]).state == kvbm::SlotState::kReset);
+  // The test process's own blocks survived the forced repair.
+  CHECK(m->counts().mutable_ == pop.mut.size());
+  CHECK(m->counts().staged == pop.staged.size());
+}
+
+// --- 10 ------------------------------------------------------------------------------------------
+
+namespace {
+
+// `image` with 1-16 random bytes (from `seed`) XORed with a non-zero mask, at offsets >= `lo`.
+// `what` lists the flips ("offset^mask") for the failure message.
+std::vector<unsigned char> corrupt(const std::vector<unsigned char>& image,
+                                   std::uint64_t seed,
+                                   std::size_t lo,
+                                   std::string& what) {
+  std::mt19937_64 rng(seed);
+  auto copy = image;
+  const int flips = 1 + static_cast<int>(rng() % 16);
+  what.clear();
+  for (int f = 0; f < flips; ++f) {
+    const std::size_t at = lo + static_cast<std::size_t>(rng() % (copy.size() - lo));
+    const auto mask = static_cast<unsigned char>(1 + rng() % 255);
+    copy[at] ^= mask;
+    what += fmt::format("{}{}^{:02x}", what.empty() ? "" : " ", at, mask);
+  }
+  return copy;
+}
+
+// A corrupted copy in /dev/shm, removed at scope exit unless KVBM_CTL_FUZZ_KEEP is set (to
+// reproduce a failure by hand: the name and the flips are in the failure message).
+struct ShmFile {
+  std::string name;
+  ~ShmFile() {
+    if (std::getenv("KVBM_CTL_FUZZ_KEEP") == nullptr) {
+      ::unlink(shm_path(name).c_str());
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("seeded random corruption never crashes or hangs kvbm-ctl", "[ctl][fuzz]") {
+  TempSegment seg("ctl-fuzz-src");
+  auto cfg = seg.config(24);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  std::vector<unsigned char> image;
+  {
+    auto m = seg.create(cfg);
+    auto pop = populate(*m, true);
+    // Image taken while we hold blocks: our process entry is in use (dead in the copies, which
+    // have no liveness lock), with Mutable, Staged, Primary, Duplicate and Inactive slots.
+    image = read_file(shm_path(seg.name()));
+  }
+  REQUIRE(image.size() > 4096);
+  const auto start = std::chrono::steady_clock::now();
+  const int kSeeds = 500;
+  int ran = 0, clean_verifies = 0;
+  std::map<int, int> verify_codes, dump_codes;
+  std::vector<std::string> slow;  // runs that waited (a lock or an initialisation) > 1 s
+  for (int seed = 1; seed <= kSeeds; ++seed) {
+    // Keep the whole run under a minute whatever the machine.
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(45)) {
+      WARN("fuzz stopped early after " << ran << " seeds (time budget)");
+      break;
+    }
+    // Even seeds spare the first 64 bytes (magic, version, fingerprint): deeper damage.
+    std::string what;
+    const auto copy =
+        corrupt(image, static_cast<std::uint64_t>(seed), seed % 2 == 0 ? 64 : 0, what);
+    ShmFile file{fmt::format("kvbm-test-ctl-fuzz-{}-{}", ::getpid(), seed)};
+    write_new_file(file.name, copy);
+    INFO("seed " << seed << " flips " << what);
+    for (const char* cmd : {"verify", "dump", "info"}) {
+      std::vector<std::string> args = {cmd, file.name};
+      if (std::string(cmd) != "verify") {
+        args.push_back("--json");
+      }
+      const Run r = run_ctl(args, 10);
+      INFO(describe(args, r));
+      REQUIRE_FALSE(r.timed_out);
+      REQUIRE(r.code < 128);
+      REQUIRE(r.code <= 4);
+      if (r.seconds > 1.0) {
+        slow.push_back(fmt::format("seed {} {} {:.1f} s exit {} ({}): {}", seed, cmd, r.seconds,
+                                   r.code, what, (r.out + r.err).substr(0, 200)));
+      }
+      if (std::string(cmd) == "info") {
+        if (r.code == 0) {
+          json j;
+          REQUIRE_NOTHROW(j = json::parse(r.out));
+        }
+      } else if (std::string(cmd) == "dump") {
+        ++dump_codes[r.code];
+        if (r.code == 0) {
+          json j;
+          REQUIRE_NOTHROW(j = json::parse(r.out));
+          CHECK(j.contains("slots"));
+        }
+      } else {
+        ++verify_codes[r.code];
+        clean_verifies += r.code == 0 ? 1 : 0;
+      }
+    }
+    ++ran;
+  }
+  CHECK(ran >= 50);
+  const auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::string summary = fmt::format("fuzz: {} seeds in {:.1f} s; verify exits", ran, secs);
+  for (auto [c, n] : verify_codes) {
+    summary += fmt::format(" {}:{}", c, n);
+  }
+  summary += "; dump exits";
+  for (auto [c, n] : dump_codes) {
+    summary += fmt::format(" {}:{}", c, n);
+  }
+  summary += fmt::format("; {} runs took > 1 s", slow.size());
+  for (const auto& line : slow) {
+    summary += "\n  " + line;
+  }
+  WARN(summary);
+  // The source image itself has our (now dead) entry: verify must not call a copy clean unless
+  // the flips happened to land somewhere harmless; most copies are reported.
+  CHECK(clean_verifies < ran);
+}
+
+// Beyond the brief's verify/dump: repair is the command that WRITES through the damaged
+// structures. Failures are collected so one run shows how many seeds break it.
+TEST_CASE("seeded random corruption: repair never crashes or hangs", "[ctl][fuzz][!mayfail]") {
+  TempSegment seg("ctl-fuzzr-src");
+  auto cfg = seg.config(24);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  std::vector<unsigned char> image;
+  {
+    auto m = seg.create(cfg);
+    auto pop = populate(*m, true);
+    image = read_file(shm_path(seg.name()));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  int ran = 0;
+  std::vector<std::string> failures;
+  std::map<int, int> codes;
+  for (int seed = 1001; seed <= 1200; ++seed) {
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30)) {
+      WARN("repair fuzz stopped early after " << ran << " seeds (time budget)");
+      break;
+    }
+    std::string what;
+    const auto copy = corrupt(image, static_cast<std::uint64_t>(seed), 64, what);
+    ShmFile file{fmt::format("kvbm-test-ctl-fuzzr-{}-{}", ::getpid(), seed)};
+    write_new_file(file.name, copy);
+    if (std::getenv("KVBM_CTL_FUZZ_KEEP") != nullptr) {  // repair changes it: keep the input too
+      write_new_file(file.name + ".input", copy);
+    }
+    const Run r = run_ctl({"repair", file.name, "--force"}, 10);
+    ++codes[r.timed_out ? -1 : r.code];
+    if (r.timed_out || r.code >= 128) {
+      failures.push_back(fmt::format("seed {}: repair {} (flips {})", seed,
+                                     r.timed_out ? "HUNG" : fmt::format("exit {}", r.code), what));
+    } else if (r.code == 0) {
+      // "verify passes afterwards"
+      const Run v = run_ctl({"verify", file.name}, 10);
+      if (v.timed_out || v.code != 0) {
+        failures.push_back(fmt::format("seed {}: repair exit 0 but verify exit {} (flips {}): {}",
+                                       seed, v.code, what, v.out.substr(0, 300)));
+      }
+    }
+    ++ran;
+  }
+  std::string summary = fmt::format("repair fuzz: {} seeds; repair exits", ran);
+  for (auto [c, n] : codes) {
+    summary += fmt::format(" {}:{}", c, n);
+  }
+  WARN(summary);
+  CHECK(ran >= 30);
+  INFO(fmt::format("{}", fmt::join(failures, "\n")));
+  CHECK(failures.empty());
+}

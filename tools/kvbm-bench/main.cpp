@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -385,12 +386,24 @@ std::pair<Stats, Stats> paired(int reps, FK&& kv, FB&& base) {
 
 // --- case 5: two processes (two threads for the baseline) ---------------------------------------
 
+struct RunResult {
+  double wall_per_block = 0;  // ns
+  double cpu_per_block = 0;   // ns of CPU time of the workers
+};
+
+std::int64_t thread_cpu_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
 /// `nprocs` forked processes, each opening the segment and running `iters` cycles of case 1 from
 /// a common start (a pipe closed by the parent). Before that, each child warms up with one pass
 /// over the whole segment (so the timed part does not pay this fresh process's first-touch page
 /// faults on the mapping), and the parent drains the inactive pool once every child is ready.
-/// Returns wall ns per block over all processes: (last end - first start) / blocks.
-double run_processes(BlockManager& parent, int nprocs, std::size_t iters) {
+/// Returns wall ns per block over all processes ((last end - first start) / blocks) and the CPU
+/// time per block of the timed parts (each worker's thread CPU clock, summed).
+RunResult run_processes(BlockManager& parent, int nprocs, std::size_t iters) {
   const std::string name = parent.config().name;
   const std::size_t warm_cycles = parent.total_blocks() / kBatch;
   const std::uint64_t stride = (warm_cycles + iters) * kBatch;
@@ -411,7 +424,7 @@ double run_processes(BlockManager& parent, int nprocs, std::size_t iters) {
       go.close_write();
       result.close_read();
       IdleThread idle;
-      std::int64_t span[2] = {0, 0};
+      std::int64_t span[3] = {0, 0, 0};  // start, end (monotonic), thread CPU time
       {
         auto m = BlockManager::open(name);
         if (!m) {
@@ -424,9 +437,11 @@ double run_processes(BlockManager& parent, int nprocs, std::size_t iters) {
         write_all(ready.fd[1], "r", 1);
         char c = 0;
         (void)read_all(go.fd[0], &c, 1);  // EOF = go
+        const std::int64_t cpu0 = thread_cpu_ns();
         span[0] = now_ns();
         cycle(**m, h.data(), iters);
         span[1] = now_ns();
+        span[2] = thread_cpu_ns() - cpu0;
       }  // detach before reporting, so the parent can drain a quiet segment
       write_all(result.fd[1], span, sizeof span);
       ::_exit(0);
@@ -446,23 +461,25 @@ double run_processes(BlockManager& parent, int nprocs, std::size_t iters) {
   go.close_write();
   std::int64_t first = INT64_MAX;
   std::int64_t last = 0;
+  std::int64_t cpu = 0;
   for (int k = 0; k < nprocs; ++k) {
-    std::int64_t span[2];
+    std::int64_t span[3];
     if (!read_all(result.fd[0], span, sizeof span)) {
       die("a case-5 child died before reporting");
     }
     first = std::min(first, span[0]);
     last = std::max(last, span[1]);
+    cpu += span[2];
   }
   for (pid_t p : pids) {
     wait_child(p, false);
   }
-  return static_cast<double>(last - first) /
-         static_cast<double>(static_cast<std::size_t>(nprocs) * iters * kBatch);
+  const auto blocks = static_cast<double>(static_cast<std::size_t>(nprocs) * iters * kBatch);
+  return {static_cast<double>(last - first) / blocks, static_cast<double>(cpu) / blocks};
 }
 
 /// The baseline's counterpart: `nthreads` threads on one pool, same start rule.
-double run_threads(baseline::Pool& pool, int nthreads, std::size_t iters) {
+RunResult run_threads(baseline::Pool& pool, int nthreads, std::size_t iters) {
   std::vector<std::vector<SequenceHash>> h;
   for (int k = 0; k < nthreads; ++k) {
     h.push_back(fresh_hashes(iters * kBatch));
@@ -471,6 +488,7 @@ double run_threads(baseline::Pool& pool, int nthreads, std::size_t iters) {
   std::atomic<bool> go{false};
   std::vector<std::int64_t> start(static_cast<std::size_t>(nthreads));
   std::vector<std::int64_t> end(static_cast<std::size_t>(nthreads));
+  std::vector<std::int64_t> cpu(static_cast<std::size_t>(nthreads));
   std::vector<std::thread> threads;
   for (int k = 0; k < nthreads; ++k) {
     threads.emplace_back([&, k] {
@@ -478,9 +496,11 @@ double run_threads(baseline::Pool& pool, int nthreads, std::size_t iters) {
       while (!go.load(std::memory_order_acquire)) {
         std::this_thread::yield();
       }
+      const std::int64_t cpu0 = thread_cpu_ns();
       start[static_cast<std::size_t>(k)] = now_ns();
       cycle(pool, h[static_cast<std::size_t>(k)].data(), iters);
       end[static_cast<std::size_t>(k)] = now_ns();
+      cpu[static_cast<std::size_t>(k)] = thread_cpu_ns() - cpu0;
     });
   }
   while (ready.load() < nthreads) {
@@ -492,8 +512,12 @@ double run_threads(baseline::Pool& pool, int nthreads, std::size_t iters) {
   }
   const std::int64_t first = *std::min_element(start.begin(), start.end());
   const std::int64_t last = *std::max_element(end.begin(), end.end());
-  return static_cast<double>(last - first) /
-         static_cast<double>(static_cast<std::size_t>(nthreads) * iters * kBatch);
+  const auto blocks = static_cast<double>(static_cast<std::size_t>(nthreads) * iters * kBatch);
+  std::int64_t cpu_sum = 0;
+  for (std::int64_t c : cpu) {
+    cpu_sum += c;
+  }
+  return {static_cast<double>(last - first) / blocks, static_cast<double>(cpu_sum) / blocks};
 }
 
 // --- cases 6 and 8: a forked child that dies holding something ----------------------------------
@@ -587,11 +611,11 @@ std::string met_text(const Row& r) {
 }
 
 void print_table(const std::vector<Row>& rows) {
-  fmt::print("\n{:<4} {:<46} {:>26} {:>26} {:>8} {:>18} {:>4}\n", "case", "what",
+  fmt::print("\n{:<4} {:<52} {:>26} {:>26} {:>8} {:>18} {:>4}\n", "case", "what",
              "kvbm median (p10-p90)", "baseline median (p10-p90)", "ratio", "target", "met");
-  fmt::print("{}\n", std::string(4 + 46 + 26 + 26 + 8 + 18 + 4 + 6, '-'));
+  fmt::print("{}\n", std::string(4 + 52 + 26 + 26 + 8 + 18 + 4 + 6, '-'));
   for (const Row& r : rows) {
-    fmt::print("{:<4} {:<46} {:>26} {:>26} {:>8} {:>18} {:>4}\n", r.id, r.name,
+    fmt::print("{:<4} {:<52} {:>26} {:>26} {:>8} {:>18} {:>4}\n", r.id, r.name,
                fmt_stats(r.kvbm, r.unit, true), fmt_stats(r.base, r.unit, true), ratio_text(r),
                r.target, met_text(r));
   }
@@ -829,31 +853,35 @@ void case_processes(Context& cx) {
   const std::size_t iters = 1024 / cx.scale;  // 32768 blocks per process
   auto m = create_segment("mp", 1u << 17);
   auto pool = baseline::Pool::create(1u << 17);
-  std::vector<double> k1, k2, ks, b1, b2, bs;
+  std::vector<double> k1, k2, ks, kc, b1, b2, bs, bc;
   const int reps = std::max(3, cx.opt.reps);
   for (int r = -1; r < reps; ++r) {  // r == -1: warm-up
-    const double one = run_processes(*m, 1, iters);
-    const double two = run_processes(*m, 2, iters);
+    const RunResult one = run_processes(*m, 1, iters);
+    const RunResult two = run_processes(*m, 2, iters);
     drain(*pool);
-    const double tone = run_threads(*pool, 1, iters);
+    const RunResult tone = run_threads(*pool, 1, iters);
     drain(*pool);
-    const double ttwo = run_threads(*pool, 2, iters);
+    const RunResult ttwo = run_threads(*pool, 2, iters);
     if (r >= 0) {
-      k1.push_back(one);
-      k2.push_back(two);
-      ks.push_back(one / two);  // aggregate throughput(2) / throughput(1)
-      b1.push_back(tone);
-      b2.push_back(ttwo);
-      bs.push_back(tone / ttwo);
+      k1.push_back(one.wall_per_block);
+      k2.push_back(two.wall_per_block);
+      ks.push_back(one.wall_per_block / two.wall_per_block);  // throughput(2) / throughput(1)
+      kc.push_back(two.cpu_per_block / one.cpu_per_block);
+      b1.push_back(tone.wall_per_block);
+      b2.push_back(ttwo.wall_per_block);
+      bs.push_back(tone.wall_per_block / ttwo.wall_per_block);
+      bc.push_back(ttwo.cpu_per_block / tone.cpu_per_block);
     }
   }
   check(m->reap_dead_processes() == 0, "case 5 children detached cleanly");
   Row a = make_row("5a", "1 process: case 1 cycle, wall per block", Unit::kNsPerBlock, stats_of(k1),
                    stats_of(b1));
   a.base_label = "1 thread";
+  a.target = "-";
   Row b = make_row("5b", "2 processes at once: aggregate wall per block", Unit::kNsPerBlock,
                    stats_of(k2), stats_of(b2));
   b.base_label = "2 threads";
+  b.target = "-";
   Row s = make_row("5c", "2-process aggregate throughput / 1-process", Unit::kRatio, stats_of(ks),
                    stats_of(bs));
   s.base_label = "2 threads / 1 thread";
@@ -865,9 +893,15 @@ void case_processes(Context& cx) {
         fmt::format("two processes together reach {:.2f}x the throughput of one (target >= 0.8x)",
                     s.kvbm->median);
   }
+  Row c = make_row("5d", "CPU time per block, 2 processes / 1 process", Unit::kRatio, stats_of(kc),
+                   stats_of(bc));
+  c.base_label = "2 threads / 1 thread";
+  c.show_ratio = false;
+  c.target = "-";
   cx.rows.push_back(a);
   cx.rows.push_back(b);
   cx.rows.push_back(s);
+  cx.rows.push_back(c);
   destroy_segment(m);
 }
 
@@ -903,6 +937,7 @@ void case_reap(Context& cx) {
   Row r = make_row("6", fmt::format("reap dead process holding 10k refs, {} blocks", cx.label(n)),
                    Unit::kMs, stats_of(kv), stats_of(bl));
   r.base_label = "in-process drop of 10k last refs";
+  r.show_ratio = false;  // not the same mechanism: a reference point only
   r.target = "<= 20 ms";
   target_max(r, 20, "20 ms");
   cx.rows.push_back(r);
