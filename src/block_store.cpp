@@ -47,9 +47,7 @@ void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
   in.actor = actor;
   in.count = 0;
   in.proc_target = kNil;
-  for (std::uint32_t c = 0; c < shm::kCounterSlots; ++c) {
-    in.counters_before[c] = ctl_->counters[c].load(std::memory_order_relaxed);
-  }
+  in.counters_logged = 0;
   barrier();
   in.seq.store(in.seq.load(std::memory_order_relaxed) | 1, std::memory_order_relaxed);  // armed
   barrier();
@@ -90,9 +88,17 @@ void BlockStore::checkpoint(std::uint32_t reserve) noexcept {
 }
 
 void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
-  // Only the mutex holder writes counters; readers without the lock load them relaxed.
-  ctl_->counters[c].store(ctl_->counters[c].load(std::memory_order_relaxed) + n,
-                          std::memory_order_relaxed);
+  // Only the mutex holder writes counters; readers without the lock load them relaxed. The
+  // value before the first change in this transaction is logged so a rollback restores it.
+  auto& in = ctl_->intent;
+  const std::uint64_t old = ctl_->counters[c].load(std::memory_order_relaxed);
+  if ((in.counters_logged & (1u << c)) == 0) {
+    in.counters_before[c] = old;
+    barrier();
+    in.counters_logged |= 1u << c;
+    barrier();
+  }
+  ctl_->counters[c].store(old + n, std::memory_order_relaxed);
 }
 
 // --- primitive slot changes ------------------------------------------------------------------

@@ -29,7 +29,9 @@ std::vector<std::string> BlockStore::recover() {
       KVBM_CRASH_POINT("recover.restore");
     }
     for (std::uint32_t c = 0; c < shm::kCounterSlots && g_rollback_enabled; ++c) {
-      ctl_->counters[c].store(in.counters_before[c], std::memory_order_relaxed);
+      if ((in.counters_logged & (1u << c)) != 0) {
+        ctl_->counters[c].store(in.counters_before[c], std::memory_order_relaxed);
+      }
     }
     if (in.proc_target < seg_.max_processes() && g_rollback_enabled) {
       auto& e = procs_[in.proc_target];

@@ -2,7 +2,8 @@
 // Intent: the one undo record of the store mutex. Before an operation changes a slot it appends
 // the slot's before-image; the record is armed (seq odd) for the whole mutation and disarmed (seq
 // even) when the slots are consistent again. Whoever next gets EOWNERDEAD restores the images in
-// reverse order (so the oldest image of a slot wins), restores the counters, then rebuilds every
+// reverse order (so the oldest image of a slot wins), restores the counters it changed (each
+// logged on first change), then rebuilds every
 // derived structure from the slots. Batches larger than kIntentMaxSlots commit in chunks between
 // whole per-block steps; a committed chunk belongs to the dead process and is reaped.
 // Written by: the store-mutex holder only.
@@ -43,6 +44,8 @@ struct alignas(kCacheLine) Intent {
   std::uint32_t proc_state_before;
   std::uint32_t reserved;
   std::uint64_t proc_incarnation_before;
+  std::uint32_t counters_logged;  // bit c: counters_before[c] holds counter c's value at arming
+  std::uint32_t reserved2;
   std::uint64_t counters_before[kCounterSlots];
   std::uint32_t slot[kIntentMaxSlots];
   SlotImage before[kIntentMaxSlots];
