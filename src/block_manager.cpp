@@ -124,13 +124,8 @@ Result<void> BlockManager::destroy(std::string_view name) {
   }
   // Only a segment whose header records a payload region owns "<name>.payload"; another
   // segment may legitimately carry that name.
-  bool has_payload = false;
-  if (auto seg = detail::Segment::open(name, detail::Access::kReadOnly)) {
-    has_payload = (*seg)->config().bytes_per_block > 0;
-  } else if (seg.error().code == Errc::kNotFound &&
-             seg.error().message.find(".payload") != std::string::npos) {
-    has_payload = true;  // the segment exists but its payload object is already gone
-  }
+  const auto recorded = detail::peek_config(name);
+  const bool has_payload = recorded && recorded->bytes_per_block > 0;
   const std::string main = "/" + std::string(name);
   if (::shm_unlink(main.c_str()) != 0) {
     const int err = errno;

@@ -401,15 +401,102 @@ void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
 void BlockStore::force_reset(std::uint32_t slot) noexcept {
   auto& m = slots_[slot];
   log(slot);
-  if (m.state >= shm::kSlotStateCount) {
-    m.state = st(SlotState::kReset);  // counts are rebuilt by the caller
-    m.owner = kNil;
-    m.dup_primary = kNil;
-    m.holders = 0;
-    m.keepalive = 0;
-    return;  // linked into the free list by rebuild_derived()
+  m.state = st(SlotState::kReset);  // counts and the free list are rebuilt by the caller
+  m.owner = kNil;
+  m.dup_primary = kNil;
+  m.holders = 0;
+  m.keepalive = 0;
+}
+
+void BlockStore::sanitize(std::vector<std::string>& actions) noexcept {
+  const std::uint32_t max_procs = seg_.max_processes();
+  auto in_use = [&](std::uint32_t p) {
+    return p < max_procs && procs_[p].state.load(std::memory_order_relaxed) !=
+                                static_cast<std::uint32_t>(shm::ProcState::kFree);
+  };
+  auto note = [&](std::string text) {
+    if (actions.size() < 1000) {
+      actions.push_back(std::move(text));
+    }
+  };
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    checkpoint(16);
+    auto& m = slots_[s];
+    const bool exclusive = m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged);
+    const bool held = m.state == st(SlotState::kPrimary) || m.state == st(SlotState::kDuplicate);
+    if (exclusive && !in_use(m.owner)) {
+      note(fmt::format("slot {}: owner entry {} is not in use -> reset", s, m.owner));
+      log(s);
+      to_reset(s);
+      continue;
+    }
+    if (m.state == st(SlotState::kDuplicate) &&
+        (m.dup_primary >= n_ || slots_[m.dup_primary].state != st(SlotState::kPrimary) ||
+         slots_[m.dup_primary].hash_hi != m.hash_hi ||
+         slots_[m.dup_primary].hash_lo != m.hash_lo)) {
+      note(fmt::format("slot {}: duplicate without a valid primary -> reset", s));
+      log(s);
+      to_reset(s);
+      continue;
+    }
+    const bool stray_owner = !exclusive && m.owner != kNil;
+    const bool stray_link = m.state != st(SlotState::kDuplicate) && m.dup_primary != kNil;
+    const bool stray_holders = !held && m.holders != 0;
+    const bool stray_keepalive = m.state != st(SlotState::kPrimary) && m.keepalive != 0;
+    if (stray_owner || stray_link || stray_holders || stray_keepalive) {
+      note(fmt::format("slot {}: cleared fields that do not belong to its state", s));
+      log(s);
+      if (stray_owner)
+        m.owner = kNil;
+      if (stray_link)
+        m.dup_primary = kNil;
+      if (stray_holders)
+        m.holders = 0;
+      if (stray_keepalive)
+        m.keepalive = 0;
+    }
+    if (held) {
+      for (std::uint32_t p = 0; p < 64; ++p) {
+        if ((m.holders >> p & 1) != 0 && !in_use(p)) {
+          note(fmt::format("slot {}: released the reference of process entry {} (not in use)", s,
+                           p));
+          release_holder(s, p);
+        }
+      }
+    }
   }
-  to_reset(slot);
+  // Two cached copies of one hash (only corruption makes them): the index knows one; an
+  // unindexed Inactive copy is dropped from the cache.
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    checkpoint(4);
+    if (slots_[s].state == st(SlotState::kInactive) &&
+        index_.find(slots_[s].hash_hi, slots_[s].hash_lo) != s) {
+      note(fmt::format("slot {}: second cached copy of hash {} -> reset", s, hash_of(s)));
+      backend_->remove(s);
+      log(s);
+      to_reset(s);
+    }
+  }
+  // Primaries that nothing keeps any more are released like a last drop.
+  std::vector<std::uint32_t> dup_refs(n_, 0);
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    if (slots_[s].state == st(SlotState::kDuplicate)) {
+      ++dup_refs[slots_[s].dup_primary];
+    }
+  }
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    checkpoint(8);
+    auto& m = slots_[s];
+    if (m.state == st(SlotState::kPrimary) && m.keepalive != dup_refs[s]) {
+      log(s);
+      m.keepalive = dup_refs[s];
+    }
+    if (m.state == st(SlotState::kPrimary) && m.holders == 0 && m.keepalive == 0) {
+      note(fmt::format("slot {}: primary held by nobody -> released", s));
+      log(s);
+      release_primary(s);
+    }
+  }
 }
 
 std::uint64_t BlockStore::claim_process(std::uint32_t proc,

@@ -91,9 +91,15 @@ class BlockStore {
   void release_process(std::uint32_t proc, std::uint64_t incarnation) noexcept;
 
   void count(shm::Counter c, std::uint64_t n = 1) noexcept;
-  /// Repair only: a slot whose state cannot be right goes to Reset (holder bits dropped, no
-  /// transition run). Requires a transaction.
+  /// Repair only: a slot whose state value is invalid goes to Reset (no list touched; run
+  /// rebuild_derived() afterwards). Requires a transaction.
   void force_reset(std::uint32_t slot) noexcept;
+  /// Repair only: makes every slot's fields agree with its state and with the process table,
+  /// never promoting a block: orphaned Mutable/Staged slots and Duplicates without a valid
+  /// primary go to Reset, holder bits of entries not in use are released with the normal
+  /// transitions, stray owner/link/holder fields are cleared. Appends what it did. Requires a
+  /// transaction and sound derived structures (rebuild_derived() first).
+  void sanitize(std::vector<std::string>& actions) noexcept;
   /// Tests only: record a slot's before-image as an operation would.
   void log_for_test(std::uint32_t slot) noexcept { log(slot); }
 

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "inspect.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -39,6 +42,20 @@ std::vector<ProcessView> list_processes(const Segment& seg) {
     out.push_back(v);
   }
   return out;
+}
+
+std::size_t count_live_attachments(std::string_view name) {
+  const std::string path = "/" + std::string(name);
+  const int fd = ::shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    return 0;
+  }
+  std::size_t live = 0;
+  for (std::uint32_t q = 0; q < shm::kMaxProcesses; ++q) {
+    live += ofd_is_locked(fd, shm::kLivenessLockBase + q) ? 1 : 0;
+  }
+  ::close(fd);
+  return live;
 }
 
 Result<std::unique_ptr<ToolSession>> ToolSession::open(std::string_view name, Access access) {
@@ -135,37 +152,49 @@ std::vector<std::string> verify_segment(ToolSession& session) {
 
 namespace {
 
-// Slots that cannot be right and cannot be rolled back: release them to Reset (never promote).
-// Requires the lock; runs inside a transaction.
-void sanitize_slots(Segment& seg,
-                    BlockStore& store,
-                    std::vector<std::string>& actions,
-                    bool dry_run) {
-  auto* slots = seg.slots();
-  const std::uint32_t n = seg.block_count();
-  auto in_use = [&](std::uint32_t p) {
-    return p < seg.max_processes() &&
-           seg.procs()[p].state.load() != static_cast<std::uint32_t>(shm::ProcState::kFree);
-  };
-  for (std::uint32_t s = 0; s < n; ++s) {
-    auto& m = slots[s];
-    const bool invalid = m.state >= shm::kSlotStateCount;
-    const bool orphan_exclusive = (m.state == static_cast<std::uint8_t>(shm::SlotState::kMutable) ||
-                                   m.state == static_cast<std::uint8_t>(shm::SlotState::kStaged)) &&
-                                  !in_use(m.owner);
-    if (invalid || orphan_exclusive) {
-      actions.push_back(fmt::format("slot {}: {} -> reset", s,
-                                    invalid ? "invalid state" : "owner entry not in use"));
-      if (!dry_run) {
-        store.force_reset(s);
-      }
+std::size_t live_processes(const std::vector<ProcessView>& procs) {
+  std::size_t live = 0;
+  for (const auto& p : procs) {
+    live += p.alive ? 1 : 0;
+  }
+  return live;
+}
+
+// What a repair would do, from a read-only look (no lock, no recovery, nothing written).
+RepairReport plan_repair(Segment& seg, BlockStore& store) {
+  RepairReport report;
+  auto* header = seg.header();
+  if (header->init_state.load() == static_cast<std::uint32_t>(shm::InitState::kPoisoned)) {
+    report.actions.push_back("re-initialise the poisoned store mutex");
+  }
+  if ((seg.control()->intent.seq.load() & 1) != 0) {
+    report.actions.push_back("roll back an interrupted operation (intent record is armed)");
+  }
+  for (const auto& p : list_processes(seg)) {
+    if (!p.alive) {
+      report.actions.push_back(fmt::format(
+          "release process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
+          p.pid, p.exclusive, p.held));
     }
   }
+  std::vector<std::string> problems;
+  store.verify(problems);
+  for (auto& p : problems) {
+    report.actions.push_back("fix: " + p);
+  }
+  return report;
 }
 
 }  // namespace
 
 Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force) {
+  if (dry_run) {
+    auto session = ToolSession::open(name, Access::kReadOnly);
+    if (!session) {
+      return tl::unexpected(session.error());
+    }
+    return plan_repair((*session)->segment(), (*session)->store());
+  }
   auto session = ToolSession::open(name, Access::kReadWrite);
   if (!session) {
     return tl::unexpected(session.error());
@@ -174,33 +203,25 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
   auto& store = (*session)->store();
   RepairReport report;
   auto* header = seg.header();
-  const bool poisoned =
-      header->init_state.load() == static_cast<std::uint32_t>(shm::InitState::kPoisoned);
   const auto procs = list_processes(seg);
-  std::size_t live = 0;
-  for (const auto& p : procs) {
-    live += p.alive ? 1 : 0;
-  }
-  if (poisoned) {
+  const std::size_t live = live_processes(procs);
+  auto reinit_mutex = [&](std::string why) -> Result<void> {
     if (live > 0 && !force) {
-      return tl::unexpected(Error{
-          Errc::kBlocksInUse, 0,
-          fmt::format("segment is poisoned and {} live process(es) are attached; stop them or "
-                      "use --force",
-                      live)});
+      return tl::unexpected(
+          Error{Errc::kBlocksInUse, 0,
+                fmt::format("{}; {} live process(es) are attached: stop them or use --force", why,
+                            live)});
     }
-    report.actions.push_back("segment was poisoned: re-initialising the store mutex");
-    if (!dry_run) {
-      // Safe only because no live process can be inside the mutex (checked above, or forced).
-      seg.control()->mutex.init();
-      header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
+    // Safe only because no live process can be inside the mutex (checked above, or forced).
+    report.actions.push_back(why + ": re-initialised the store mutex");
+    seg.control()->mutex.init();
+    header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
+    return {};
+  };
+  if (header->init_state.load() == static_cast<std::uint32_t>(shm::InitState::kPoisoned)) {
+    if (auto ok = reinit_mutex("segment was poisoned"); !ok) {
+      return tl::unexpected(ok.error());
     }
-  }
-  if (dry_run && poisoned) {
-    report.actions.push_back(
-        "would roll back any interrupted operation, release dead "
-        "processes' blocks and rebuild the indexes");
-    return report;
   }
   std::vector<std::string> notes;
   if (auto ok = (*session)->lock(std::chrono::milliseconds(5000), notes); !ok) {
@@ -208,19 +229,9 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
       return tl::unexpected(ok.error());
     }
     // Recovery found damage it cannot roll back: repair takes over from here.
-    report.actions.push_back(ok.error().message);
-    if (live > 0 && !force) {
-      return tl::unexpected(
-          Error{Errc::kBlocksInUse, 0,
-                fmt::format("{}; {} live process(es) are attached: stop them or use --force",
-                            ok.error().message, live)});
+    if (auto re = reinit_mutex(ok.error().message); !re) {
+      return tl::unexpected(re.error());
     }
-    if (dry_run) {
-      report.actions.push_back("would re-initialise the store mutex and reset damaged slots");
-      return report;
-    }
-    seg.control()->mutex.init();
-    header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
     notes.clear();
     if (auto again = (*session)->lock(std::chrono::milliseconds(5000), notes); !again) {
       return tl::unexpected(again.error());
@@ -229,44 +240,48 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
   for (auto& n : notes) {
     report.actions.push_back(std::move(n));
   }
-  if ((seg.control()->intent.seq.load() & 1) != 0 && !dry_run) {
-    // An armed intent with a healthy mutex: roll it back as recovery would.
-    store.recover();
+  if ((seg.control()->intent.seq.load() & 1) != 0) {
+    store.recover();  // an armed intent under a healthy mutex: roll it back as recovery would
     report.actions.push_back("rolled back an interrupted operation");
   }
-  // Reap dead entries: we hold the store mutex; the probe fd is our own description.
-  for (const auto& p : procs) {
-    if (p.alive) {
-      continue;
+  // Slots with impossible state values first, then sound derived structures, so that reaping
+  // and sanitising below never follow a damaged link.
+  store.begin(shm::IntentOp::kReap, shm::kNil);
+  for (std::uint32_t s = 0; s < seg.block_count(); ++s) {
+    if (seg.slots()[s].state >= shm::kSlotStateCount) {
+      report.actions.push_back(fmt::format("slot {}: invalid state value -> reset", s));
+      store.force_reset(s);
     }
-    if (!ofd_try_lock(seg.fd(), shm::kLivenessLockBase + p.index)) {
-      continue;  // it came back to life (a new attacher took the entry) since the probe
+  }
+  store.commit();
+  for (auto& p : store.rebuild_derived()) {
+    report.actions.push_back("rebuild: " + p);
+  }
+  // Broken links (e.g. a duplicate pointing nowhere) are cut before reaping walks them.
+  store.begin(shm::IntentOp::kReap, shm::kNil);
+  store.sanitize(report.actions);
+  store.commit();
+  for (const auto& p : procs) {
+    if (p.alive || !ofd_try_lock(seg.fd(), shm::kLivenessLockBase + p.index)) {
+      continue;  // alive, or a new attacher took the entry since the probe
     }
     report.actions.push_back(fmt::format(
         "released process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
         p.pid, p.exclusive, p.held));
-    if (!dry_run) {
-      store.begin(shm::IntentOp::kReap, shm::kNil);
-      store.reap(p.index);
-      store.commit();
-    }
+    store.begin(shm::IntentOp::kReap, shm::kNil);
+    store.reap(p.index);
+    store.commit();
     ofd_unlock(seg.fd(), shm::kLivenessLockBase + p.index);
   }
-  if (!dry_run) {
-    store.begin(shm::IntentOp::kReap, shm::kNil);
-    sanitize_slots(seg, store, report.actions, false);
-    store.commit();
-    for (auto& p : store.rebuild_derived()) {
-      report.actions.push_back("rebuild: " + p);
-    }
-    header->epoch.fetch_add(1);
-  } else {
-    sanitize_slots(seg, store, report.actions, true);
+  store.begin(shm::IntentOp::kReap, shm::kNil);
+  store.sanitize(report.actions);
+  store.commit();
+  for (auto& p : store.rebuild_derived()) {
+    report.actions.push_back("rebuild: " + p);
   }
+  header->epoch.fetch_add(1);
   (*session)->unlock();
-  if (!dry_run) {
-    report.remaining = verify_segment(**session);
-  }
+  report.remaining = verify_segment(**session);
   return report;
 }
 

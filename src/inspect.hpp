@@ -32,6 +32,10 @@ struct ProcessView {
 /// Entries in use, with a liveness verdict from an OFD probe (works on a read-only fd).
 std::vector<ProcessView> list_processes(const Segment& segment);
 
+/// Live attachments of a segment found by probing the liveness locks on its object directly
+/// (works when the segment cannot be opened, e.g. damaged). 0 if the object does not exist.
+std::size_t count_live_attachments(std::string_view name);
+
 class ToolSession {
  public:
   static Result<std::unique_ptr<ToolSession>> open(std::string_view name, Access access);

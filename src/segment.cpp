@@ -353,9 +353,34 @@ Result<void> Segment::map_payload(bool create, Access access, bool* created) {
         *obj, access == Access::kReadOnly ? bip::read_only : bip::read_write, 0, bytes);
     payload_ = static_cast<std::byte*>(payload_region_->get_address());
   } catch (const bip::interprocess_exception& e) {
-    return tl::unexpected(boost_error(e, pname, create ? "create payload of" : "open payload of"));
+    Error err = boost_error(e, pname, create ? "create payload of" : "open payload of");
+    if (!create && err.code == Errc::kNotFound) {
+      // The segment exists; its payload object does not: the segment is damaged, not absent.
+      err = Error{Errc::kCorrupted, ENOENT,
+                  fmt::format("segment '{}' records a payload region but '{}' is missing; "
+                              "destroy the segment",
+                              config_.name, pname)};
+    }
+    return tl::unexpected(std::move(err));
   }
   return {};
+}
+
+std::optional<shm::ConfigRecord> peek_config(std::string_view name) {
+  const std::string path = "/" + std::string(name);
+  const int fd = ::shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    return std::nullopt;
+  }
+  shm::SegmentHeader h;
+  const bool read =
+      ::pread(fd, static_cast<void*>(&h), sizeof(h), 0) == static_cast<ssize_t>(sizeof(h));
+  ::close(fd);
+  if (!read || h.magic != shm::kMagic || h.layout_major != shm::kLayoutMajor ||
+      h.abi_fingerprint != abi_fingerprint()) {
+    return std::nullopt;
+  }
+  return h.config;
 }
 
 Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
@@ -516,6 +541,9 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
       std::uint32_t state = 0;
       if (::pread(seg->fd_, &magic, sizeof(magic), 0) != sizeof(magic)) {
         magic = 0;
+      }
+      if (size < sizeof(magic)) {
+        return mismatch(fmt::format("only {} bytes", size));
       }
       if (size < sizeof(shm::SegmentHeader)) {
         if (magic == shm::kMagic) {

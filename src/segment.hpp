@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -44,6 +45,9 @@ SegmentConfig from_record(std::string_view name, const shm::ConfigRecord& record
 /// Name of the first field in which a and b differ (permissions ignored), or empty if equal.
 std::string first_config_difference(const SegmentConfig& a, const SegmentConfig& b);
 std::string payload_name(std::string_view name);
+/// The config recorded in a segment's header if it is a kvbm segment of this layout (read
+/// without mapping or validating anything else), else nullopt.
+std::optional<shm::ConfigRecord> peek_config(std::string_view name);
 
 enum class Access { kReadWrite, kReadOnly };
 

@@ -407,6 +407,12 @@ int cmd_destroy(const std::string& name, bool force) {
     }
   } else if (seg.error().code == Errc::kNotFound) {
     return fail(seg.error());
+  } else if (!force &&
+             (seg.error().code == Errc::kLayoutMismatch || d::count_live_attachments(name) > 0)) {
+    // Not a kvbm segment of this layout, or a damaged one that live processes still use.
+    fmt::print(stderr, "kvbm-ctl: {}\nkvbm-ctl: refusing to remove it without --force\n",
+               seg.error().message);
+    return exit_code_for(seg.error());
   }
   auto done = kvbm::BlockManager::destroy(name);
   if (!done) {
@@ -510,7 +516,11 @@ int main(int argc, char** argv) {
       config.duplication = duplication == "reject" ? kvbm::DuplicationPolicy::kReject
                                                    : kvbm::DuplicationPolicy::kAllow;
       try {
-        config.permissions = static_cast<std::uint32_t>(std::stoul(mode, nullptr, 8));
+        std::size_t used = 0;
+        config.permissions = static_cast<std::uint32_t>(std::stoul(mode, &used, 8));
+        if (used != mode.size()) {
+          throw std::invalid_argument(mode);
+        }
       } catch (...) {
         fmt::print(stderr, "kvbm-ctl: --mode '{}' is not an octal file mode\n", mode);
         return kUsage;
