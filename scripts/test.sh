@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, builds, runs every test. Exit code = test result.
+# The test command: installs what is missing, builds, runs every test; then rebuilds kvbm-ctl and
+# its tests under AddressSanitizer + UBSan and runs those (damaged and fuzzed segment images).
+# Exit code = test result. KVBM_SKIP_ASAN=1 skips the sanitizer stage.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${KVBM_BUILD_DIR:-$root/build}"
 "$root/scripts/build.sh" -DKVBM_BUILD_TESTS=ON
-cd "$build"
-ctest --output-on-failure -j"$(nproc)" --timeout 300
+echo "running the test suite ..."
+(cd "$build" && ctest --output-on-failure -j"$(nproc)" --timeout 300)
+
+if [ "${KVBM_SKIP_ASAN:-0}" != "1" ]; then
+  asan="${build}-asan"
+  echo "building kvbm-ctl and its tests with AddressSanitizer + UBSan in $asan ..."
+  cmake -S "$root" -B "$asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVBM_BUILD_TESTS=ON \
+    -DKVBM_SANITIZE="address;undefined" >"$asan.log" 2>&1 || { cat "$asan.log"; exit 1; }
+  cmake --build "$asan" -j"$(nproc)" --target kvbm-ctl kvbm_ctl_tests >>"$asan.log" 2>&1 ||
+    { grep -E "error" -A5 "$asan.log" | head -60; exit 1; }
+  echo "running the kvbm-ctl tests under the sanitizers ..."
+  (cd "$asan" && UBSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j"$(nproc)" \
+    --timeout 600 -L ctl)
+fi
