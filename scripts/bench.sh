@@ -13,12 +13,12 @@ build_type=Release
 mkdir -p "$build"
 log="$build/build.log"
 if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE="$build_type" -DKVBM_BUILD_TOOLS=ON \
-  -DKVBM_BUILD_TESTS=OFF -DKVBM_BUILD_EXAMPLES=OFF >"$log" 2>&1; then
+  -DKVBM_BUILD_TESTS=OFF -DKVBM_BUILD_EXAMPLES=OFF -DKVBM_BENCH_INTENT_OVERHEAD=ON >"$log" 2>&1; then
   cat "$log" >&2
   exit 1
 fi
 echo "building kvbm-bench ($build_type) in $build ..."
-if ! cmake --build "$build" -j"$(nproc)" --target kvbm-bench >>"$log" 2>&1; then
+if ! cmake --build "$build" -j"$(nproc)" --target kvbm-bench kvbm-bench-nointent >>"$log" 2>&1; then
   grep -E "error|Error" -A5 "$log" | head -60 >&2
   echo "build failed; full log: $log" >&2
   exit 1
@@ -30,7 +30,7 @@ for a in "$@"; do
 done
 
 fragment="$(mktemp)"
-trap 'rm -f "$fragment"' EXIT
+trap 'rm -f "$fragment" "$fragment.a" "$fragment.b"' EXIT
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 start="$(date -u '+%Y-%m-%d %H:%M UTC')"
 "$build/tools/kvbm-bench" --markdown "$fragment" "$@"
@@ -40,6 +40,22 @@ if [ "$quick" = 1 ]; then
   echo "(--quick: $out not rewritten)"
   exit 0
 fi
+
+# The intent record's cost on case 1: the same benchmark against a library built without it,
+# alternated five times so that load hits both; median of the five medians.
+echo "measuring the intent record's cost on case 1 ..."
+with=(); without=()
+for i in 1 2 3 4 5; do
+  "$build/tools/kvbm-bench" --only 1 --reps 9 --csv "$fragment.a" >/dev/null
+  "$build/tools/kvbm-bench-nointent" --only 1 --reps 9 --csv "$fragment.b" >/dev/null
+  with+=("$(grep '^1,' "$fragment.a" | cut -d, -f2)")
+  without+=("$(grep '^1,' "$fragment.b" | cut -d, -f2)")
+done
+median() { printf '%s\n' "$@" | sort -g | sed -n 3p; }
+intent_with="$(median "${with[@]}")"
+intent_without="$(median "${without[@]}")"
+intent_pct="$(awk -v a="$intent_with" -v b="$intent_without" 'BEGIN { printf "%.1f", 100 * (a - b) / b }')"
+echo "case 1: ${intent_with} ns/block with the intent record, ${intent_without} without (+${intent_pct} %)"
 
 cpu="$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 compiler="$(c++ --version | head -1)"
@@ -68,6 +84,20 @@ run to run; read medians and kvbm/baseline ratios, never single repetitions.
 
 EOF
   cat "$fragment"
+  cat <<EOF
+
+### Cost of the intent record (crash consistency) on the hot path
+
+Case 1 run alternately against the library and against the same library built with
+\`KVBM_BENCH_NO_INTENT\` (the intent record compiled out; never crash-safe, benchmark only),
+five runs of 9 repetitions each, median of the five medians:
+
+| | ns/block |
+|---|---|
+| with the intent record | ${intent_with} |
+| without | ${intent_without} |
+| cost | ${intent_pct} % (target: < 10 %) |
+EOF
   cat <<'EOF'
 
 ## How each case is measured

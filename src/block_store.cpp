@@ -42,6 +42,9 @@ BlockStore::BlockStore(Segment& segment)
 // --- transactions ---------------------------------------------------------------------------
 
 void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
+#ifdef KVBM_BENCH_NO_INTENT
+  return;  // benchmark-only build measuring the intent record's cost
+#endif
   auto& in = ctl_->intent;
   in.op = static_cast<std::uint32_t>(op);
   in.actor = actor;
@@ -55,6 +58,9 @@ void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
 }
 
 void BlockStore::commit() {
+#ifdef KVBM_BENCH_NO_INTENT
+  return;
+#endif
   auto& in = ctl_->intent;
   KVBM_CRASH_POINT("txn.before_commit");
   barrier();
@@ -63,6 +69,10 @@ void BlockStore::commit() {
 }
 
 void BlockStore::log(std::uint32_t slot) noexcept {
+#ifdef KVBM_BENCH_NO_INTENT
+  (void)slot;
+  return;
+#endif
   auto& in = ctl_->intent;
   const std::uint32_t i = in.count;
   if (i >= shm::kIntentMaxSlots) {
@@ -92,6 +102,9 @@ void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
   // value before the first change in this transaction is logged so a rollback restores it.
   auto& in = ctl_->intent;
   const std::uint64_t old = ctl_->counters[c].load(std::memory_order_relaxed);
+#ifdef KVBM_BENCH_NO_INTENT
+  in.counters_logged = ~0u;
+#endif
   if ((in.counters_logged & (1u << c)) == 0) {
     in.counters_before[c] = old;
     barrier();

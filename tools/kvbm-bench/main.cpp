@@ -673,6 +673,7 @@ struct Options {
   bool quick = false;
   std::string only;  // e.g. "1,4": run only these cases (6-8 then build what they need)
   std::string markdown;
+  std::string csv;  // "id,kvbm_median,baseline_median" per row, for scripts
 };
 
 void check(bool ok, const char* what) {
@@ -1035,10 +1036,12 @@ Options parse(int argc, char** argv) {
       o.only = argv[++i];
     } else if (a == "--markdown" && i + 1 < argc) {
       o.markdown = argv[++i];
+    } else if (a == "--csv" && i + 1 < argc) {
+      o.csv = argv[++i];
     } else {
       std::fprintf(stderr,
                    "usage: kvbm-bench [--reps N] [--quick] [--only CASES e.g. 1,4] "
-                   "[--markdown FILE]\n");
+                   "[--markdown FILE] [--csv FILE]\n");
       std::exit(2);
     }
   }
@@ -1081,6 +1084,15 @@ int run(const Options& opt) {
   print_table(cx.rows);
   if (!opt.markdown.empty()) {
     write_markdown(cx.rows, opt.markdown, opt.reps);
+  }
+  if (!opt.csv.empty()) {
+    if (std::FILE* f = std::fopen(opt.csv.c_str(), "w")) {
+      for (const Row& r : cx.rows) {
+        std::fprintf(f, "%s,%.2f,%.2f\n", r.id.c_str(), r.kvbm ? r.kvbm->median : 0.0,
+                     r.base ? r.base->median : 0.0);
+      }
+      std::fclose(f);
+    }
   }
   return 0;
 }
