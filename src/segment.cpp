@@ -7,11 +7,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <random>
-#include <regex>
 #include <thread>
 
 #include <boost/interprocess/exceptions.hpp>
@@ -164,7 +164,9 @@ Layout compute_layout(const shm::ConfigRecord& c) {
 }
 
 Result<void> validate_name(std::string_view name) {
-  static const std::regex kNameRe("[A-Za-z0-9][A-Za-z0-9._-]{0,199}");
+  auto alnum = [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+  };
   if (name.empty()) {
     return tl::unexpected(make_error(Errc::kInvalidConfig, "segment name is empty"));
   }
@@ -174,7 +176,11 @@ Result<void> validate_name(std::string_view name) {
                                           "allowed",
                                           name.size())));
   }
-  if (!std::regex_match(name.begin(), name.end(), kNameRe)) {
+  // [A-Za-z0-9][A-Za-z0-9._-]{0,199}
+  const bool valid = alnum(name.front()) && std::all_of(name.begin() + 1, name.end(), [&](char c) {
+                       return alnum(c) || c == '.' || c == '_' || c == '-';
+                     });
+  if (!valid) {
     return tl::unexpected(make_error(
         Errc::kInvalidConfig,
         fmt::format("invalid segment name '{}': use letters, digits, '.', '_' and '-', starting "
