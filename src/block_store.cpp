@@ -147,6 +147,7 @@ void BlockStore::to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept {
   m.holders = 0;
   m.keepalive = 0;
   m.reset_on_release = default_ror_;
+  m.backend_flags = 0;
   m.generation.store(m.generation.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 

@@ -57,13 +57,19 @@ class LineageBackend final : public InactiveBackend {
 
   void insert(std::uint32_t slot) override { insert_node(slot, /*renew_ticks=*/true); }
 
-  void remove(std::uint32_t slot) override {
+  void remove(std::uint32_t slot) override {  // a hit: the block leaves the pool, held
+    slots_[slot].backend_flags = 0;
     const std::uint32_t n = node_of(slot);
     if (n == kNil) {
       overflow_unlink(slot);
       return;
     }
     remove_node(n);
+    if (nodes_[n].kind == kGhost) {
+      // It keeps its children as a ghost linked to its parent: remember that in the slot, so a
+      // rebuild links the ghost again while the block is held.
+      slots_[slot].backend_flags = shm::kLineageGhostLinked;
+    }
   }
 
   std::uint32_t pop_victim() override {
@@ -94,7 +100,60 @@ class LineageBackend final : public InactiveBackend {
     std::sort(ids.begin(), ids.end(),
               [this](std::uint32_t a, std::uint32_t b) { return slots_[a].tick < slots_[b].tick; });
     for (std::uint32_t s : ids) {
-      insert_node(s, /*renew_ticks=*/false);
+      if ((slots_[s].backend_flags & shm::kLineageOverflow) != 0) {
+        overflow_push(s);
+      } else {
+        insert_node(s, /*renew_ticks=*/false);
+      }
+    }
+    // Held blocks that left the pool with children: their ghosts are linked to their parents.
+    // Deepest first, so a parent's ghost exists (as a placeholder) before it is linked in turn.
+    std::vector<std::uint32_t> linked;
+    for (std::uint32_t s = 0; s < n_; ++s) {
+      if (slots_[s].state == static_cast<std::uint8_t>(shm::SlotState::kPrimary) &&
+          (slots_[s].backend_flags & shm::kLineageGhostLinked) != 0) {
+        linked.push_back(s);
+      }
+    }
+    std::sort(linked.begin(), linked.end(), [this](std::uint32_t a, std::uint32_t b) {
+      return hash_of(a).position() > hash_of(b).position();
+    });
+    for (std::uint32_t s : linked) {
+      const SequenceHash h = hash_of(s);
+      const std::uint32_t n = key_find(h.position(), h.current_fragment());
+      if (n == kNil || nodes_[n].kind != kGhost || nodes_[n].parent != kNil || h.position() == 0) {
+        continue;
+      }
+      std::uint32_t p = key_find(h.position() - 1, h.parent_fragment());
+      if (p == kNil) {
+        p = alloc_node(h.position() - 1, h.parent_fragment(), kGhost, kNil);
+      }
+      if (p != kNil) {
+        link_child(p, n, false);
+      }
+    }
+    // Ghosts left without children (stale flags) go, as they would have at runtime.
+    for (std::uint32_t n = 0; n < h_->capacity; ++n) {
+      if (nodes_[n].kind == kGhost && nodes_[n].first_child == kNil) {
+        prune_from(n, /*renew_ticks=*/false);
+      }
+    }
+    // Leaf order from scratch: every Real node without children, by its slot's tick.
+    h_->heap_len = h_->leaf_count = 0;
+    h_->leaf_head = h_->leaf_tail = kNil;
+    std::vector<std::uint32_t> leaves;
+    for (std::uint32_t n = 0; n < h_->capacity; ++n) {
+      nodes_[n].is_leaf = 0;
+      nodes_[n].leaf_a = nodes_[n].leaf_b = kNil;
+      if (nodes_[n].kind == kReal && nodes_[n].first_child == kNil) {
+        leaves.push_back(n);
+      }
+    }
+    std::sort(leaves.begin(), leaves.end(), [this](std::uint32_t a, std::uint32_t b) {
+      return tick_of(a) != tick_of(b) ? tick_of(a) < tick_of(b) : a < b;
+    });
+    for (std::uint32_t n : leaves) {
+      leaf_add(n, /*renew_ticks=*/false);
     }
   }
 
@@ -211,6 +270,7 @@ class LineageBackend final : public InactiveBackend {
       overflow_push(slot);  // same key, another hash: never matched as its lineage
       return;
     }
+    slots_[slot].backend_flags = 0;
     if (n != kNil) {  // a ghost placeholder (or a removed node with children) comes back
       nodes_[n].kind = kReal;
       nodes_[n].slot = slot;
@@ -270,7 +330,11 @@ class LineageBackend final : public InactiveBackend {
     nodes_[n].kind = kGhost;
     nodes_[n].slot = kNil;
     --h_->real_count;
-    // Prune childless ghosts upward; a Real parent left childless is a leaf again.
+    prune_from(n, /*renew_ticks=*/true);
+  }
+
+  /// Prunes childless ghosts upward from `n`; a Real parent left childless is a leaf again.
+  void prune_from(std::uint32_t n, bool renew_ticks) {
     std::uint32_t cur = n;
     while (nodes_[cur].kind == kGhost && nodes_[cur].first_child == kNil) {
       const std::uint32_t parent = nodes_[cur].parent;
@@ -280,7 +344,7 @@ class LineageBackend final : public InactiveBackend {
         break;
       }
       if (nodes_[parent].kind == kReal) {
-        leaf_add(parent, /*renew_ticks=*/true);
+        leaf_add(parent, renew_ticks);
         break;
       }
       cur = parent;
@@ -387,6 +451,7 @@ class LineageBackend final : public InactiveBackend {
 
   // --- overflow (through the slots' list links, by tick) ---
   void overflow_push(std::uint32_t slot) {
+    slots_[slot].backend_flags = shm::kLineageOverflow;  // so a rebuild puts it back here
     shm::SlotList l{h_->overflow_head, h_->overflow_tail, h_->overflow_len};
     list_push_back(l, slots_, slot);
     h_->overflow_head = l.head;

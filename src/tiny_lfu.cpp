@@ -33,6 +33,13 @@ std::uint64_t hash_i(unsigned i, std::uint64_t hi, std::uint64_t lo) {
   return XXH3_64bits_withSecret(key, sizeof(key), secrets()[i].data(), kSecretSize);
 }
 
+// Which of the word's 16 counters: the hash's top 4 bits. (kvbm-logical takes `hash & 15`, but
+// with a power-of-two table the index `hash % len` already fixes those bits, so only one counter
+// per word is ever used, counters saturate, and the halving decay can never trigger.)
+unsigned nibble_shift(std::uint64_t h) {
+  return static_cast<unsigned>(h >> 60) * 4;
+}
+
 }  // namespace
 
 void TinyLfu::init(shm::SketchHeader* header, std::uint32_t capacity) {
@@ -47,7 +54,7 @@ void TinyLfu::increment(std::uint64_t hi, std::uint64_t lo) {
   for (unsigned i = 0; i < 4; ++i) {
     const std::uint64_t h = hash_i(i, hi, lo);
     std::uint64_t& word = table_[h % h_->table_len];
-    const unsigned shift = static_cast<unsigned>(h & 15) * 4;
+    const unsigned shift = nibble_shift(h);
     if (((word >> shift) & 0xF) != 0xF) {
       word += std::uint64_t{1} << shift;
       grew = true;
@@ -63,7 +70,7 @@ std::uint32_t TinyLfu::estimate(std::uint64_t hi, std::uint64_t lo) const {
   for (unsigned i = 0; i < 4; ++i) {
     const std::uint64_t h = hash_i(i, hi, lo);
     const std::uint64_t word = table_[h % h_->table_len];
-    m = std::min(m, static_cast<std::uint32_t>((word >> ((h & 15) * 4)) & 0xF));
+    m = std::min(m, static_cast<std::uint32_t>((word >> nibble_shift(h)) & 0xF));
   }
   return m;
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // TinyLFU: view over the segment's count-min sketch (4-bit counters, 4 hash functions keyed by
-// the 128-bit sequence hash, halving decay after capacity x 10 increments). Bit-compatible with
-// kvbm-logical's TinyLFUSketch. Callers hold the store mutex.
+// the 128-bit sequence hash, halving decay after capacity x 10 increments). Same hash functions
+// as kvbm-logical's TinyLFUSketch; the counter within a word comes from other bits (see .cpp).
+// Callers hold the store mutex.
 #pragma once
 
 #include <cstdint>

@@ -13,6 +13,12 @@
 
 namespace kvbm::shm {
 
+/// SlotMeta::backend_flags of the lineage backend: facts of a block's history that its tree
+/// shape depends on, kept in the slot so a rebuild reproduces the tree.
+inline constexpr std::uint8_t kLineageGhostLinked = 1;  // left the pool with children: its ghost
+                                                        // stays linked to its parent
+inline constexpr std::uint8_t kLineageOverflow = 2;     // kept in the overflow list
+
 enum class SlotState : std::uint8_t {
   kReset = 0,
   kMutable = 1,
@@ -28,8 +34,8 @@ inline constexpr std::uint32_t kSlotStateCount = 6;
 struct SlotImage {
   std::uint8_t state;
   std::uint8_t reset_on_release;
-  std::uint8_t level;  // eviction backend's per-slot field (e.g. MultiLRU level)
-  std::uint8_t reserved;
+  std::uint8_t level;          // eviction backend's per-slot field (e.g. MultiLRU level)
+  std::uint8_t backend_flags;  // lineage: kLineageGhostLinked | kLineageOverflow
   std::uint32_t generation;
   std::uint64_t hash_hi;
   std::uint64_t hash_lo;
@@ -46,7 +52,7 @@ struct alignas(16) SlotMeta {
   std::uint8_t state;
   std::uint8_t reset_on_release;
   std::uint8_t level;
-  std::uint8_t reserved;
+  std::uint8_t backend_flags;
   std::atomic<std::uint32_t> generation;  // ++ each time the slot becomes Mutable
   std::uint64_t hash_hi;
   std::uint64_t hash_lo;
@@ -63,7 +69,7 @@ struct alignas(16) SlotMeta {
     return SlotImage{state,
                      reset_on_release,
                      level,
-                     0,
+                     backend_flags,
                      generation.load(std::memory_order_relaxed),
                      hash_hi,
                      hash_lo,
@@ -78,6 +84,7 @@ struct alignas(16) SlotMeta {
     state = im.state;
     reset_on_release = im.reset_on_release;
     level = im.level;
+    backend_flags = im.backend_flags;
     generation.store(im.generation, std::memory_order_relaxed);
     hash_hi = im.hash_hi;
     hash_lo = im.hash_lo;
