@@ -91,14 +91,7 @@ class LineageBackend final : public InactiveBackend {
 
   void rebuild() override {
     reset_region(h_);
-    std::vector<std::uint32_t> ids;
-    for (std::uint32_t s = 0; s < n_; ++s) {
-      if (slots_[s].state == static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
-        ids.push_back(s);
-      }
-    }
-    std::sort(ids.begin(), ids.end(),
-              [this](std::uint32_t a, std::uint32_t b) { return slots_[a].tick < slots_[b].tick; });
+    const std::vector<std::uint32_t> ids = slots_by_tick(slots_, n_, shm::SlotState::kInactive);
     for (std::uint32_t s : ids) {
       if ((slots_[s].backend_flags & shm::kLineageOverflow) != 0) {
         overflow_push(s);

@@ -24,15 +24,7 @@ class LruBackend final : public InactiveBackend {
   std::uint64_t size() const override { return list_.length; }
 
   void rebuild() override {
-    std::vector<std::uint32_t> ids;
-    for (std::uint32_t s = 0; s < n_; ++s) {
-      if (slots_[s].state == static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
-        ids.push_back(s);
-      }
-    }
-    std::sort(ids.begin(), ids.end(),
-              [this](std::uint32_t a, std::uint32_t b) { return slots_[a].tick < slots_[b].tick; });
-    list_assign(list_, slots_, ids);
+    list_assign(list_, slots_, slots_by_tick(slots_, n_, shm::SlotState::kInactive));
   }
 
   void verify(std::vector<std::string>& problems) const override {

@@ -50,15 +50,10 @@ class MultiLruBackend final : public InactiveBackend {
 
   void rebuild() override {
     std::vector<std::uint32_t> ids[4];
-    for (std::uint32_t s = 0; s < n_; ++s) {
-      if (slots_[s].state == static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
-        ids[slots_[s].level & 3].push_back(s);
-      }
+    for (std::uint32_t s : slots_by_tick(slots_, n_, shm::SlotState::kInactive)) {
+      ids[slots_[s].level & 3].push_back(s);
     }
     for (int l = 0; l < 4; ++l) {
-      std::sort(ids[l].begin(), ids[l].end(), [this](std::uint32_t a, std::uint32_t b) {
-        return slots_[a].tick < slots_[b].tick;
-      });
       list_assign(lists_[l], slots_, ids[l]);
     }
   }

@@ -55,7 +55,6 @@ std::vector<std::string> BlockStore::recover() {
 std::vector<std::string> BlockStore::rebuild_derived() {
   std::vector<std::string> problems;
   std::uint64_t counts[shm::kSlotStateCount] = {};
-  std::vector<std::uint32_t> reset_ids;
   for (std::uint32_t s = 0; s < n_; ++s) {
     auto& m = slots_[s];
     if (m.state >= shm::kSlotStateCount) {
@@ -65,9 +64,6 @@ std::vector<std::string> BlockStore::rebuild_derived() {
     ++counts[m.state];
     if (m.state == static_cast<std::uint8_t>(SlotState::kPrimary)) {
       m.keepalive = 0;
-    }
-    if (m.state == static_cast<std::uint8_t>(SlotState::kReset)) {
-      reset_ids.push_back(s);
     }
   }
   for (std::uint32_t i = 0; i < 8; ++i) {
@@ -86,9 +82,7 @@ std::vector<std::string> BlockStore::rebuild_derived() {
       problems.push_back(fmt::format("slot {}: duplicate without a primary", s));
     }
   }
-  std::sort(reset_ids.begin(), reset_ids.end(),
-            [this](std::uint32_t a, std::uint32_t b) { return slots_[a].tick < slots_[b].tick; });
-  list_assign(ctl_->free_list, slots_, reset_ids);
+  list_assign(ctl_->free_list, slots_, slots_by_tick(slots_, n_, SlotState::kReset));
   backend_->rebuild();
   index_.clear();
   for (std::uint32_t s = 0; s < n_; ++s) {

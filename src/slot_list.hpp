@@ -3,8 +3,10 @@
 // A slot is in at most one list at a time. Callers hold the store mutex.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "shm/control.hpp"
 #include "shm/slot.hpp"
@@ -55,6 +57,21 @@ inline void list_assign(shm::SlotList& l,
   for (std::uint32_t s : ids) {
     list_push_back(l, slots, s);
   }
+}
+
+/// The slots in `state`, ordered by tick: the order every derived list is rebuilt in.
+inline std::vector<std::uint32_t> slots_by_tick(const shm::SlotMeta* slots,
+                                                std::uint32_t n,
+                                                shm::SlotState state) {
+  std::vector<std::uint32_t> ids;
+  for (std::uint32_t s = 0; s < n; ++s) {
+    if (slots[s].state == static_cast<std::uint8_t>(state)) {
+      ids.push_back(s);
+    }
+  }
+  std::sort(ids.begin(), ids.end(),
+            [slots](std::uint32_t a, std::uint32_t b) { return slots[a].tick < slots[b].tick; });
+  return ids;
 }
 
 }  // namespace kvbm::detail
