@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "inspect.hpp"
 #include "process_table.hpp"
 
 namespace kvbm::detail {
@@ -274,31 +275,8 @@ void Attachment::drop_liveness_for_test() {
 }
 
 void Attachment::verify_processes(std::vector<std::string>& problems) const {
-  const std::uint32_t max = seg_->max_processes();
-  const std::uint32_t n = seg_->block_count();
-  auto* procs = seg_->procs();
-  auto* slots = seg_->slots();
-  for (std::uint32_t q = 0; q < max; ++q) {
-    if (q == me_ || procs[q].state.load(std::memory_order_relaxed) ==
-                        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
-      continue;
-    }
-    if (ofd_is_locked(seg_->fd(), shm::kLivenessLockBase + q)) {
-      continue;
-    }
-    std::uint64_t exclusive = 0;
-    std::uint64_t held = 0;
-    for (std::uint32_t s = 0; s < n; ++s) {
-      const bool excl = (slots[s].state == static_cast<std::uint8_t>(shm::SlotState::kMutable) ||
-                         slots[s].state == static_cast<std::uint8_t>(shm::SlotState::kStaged)) &&
-                        slots[s].owner == q;
-      exclusive += excl ? 1 : 0;
-      held += (slots[s].holders >> q) & 1;
-    }
-    problems.push_back(fmt::format(
-        "process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} mutable/staged, "
-        "{} registered); run reap or 'kvbm-ctl repair'",
-        q, procs[q].pid.load(std::memory_order_relaxed), exclusive + held, exclusive, held));
+  for (auto& p : dead_process_problems(*seg_, me_)) {
+    problems.push_back(std::move(p));
   }
 }
 

@@ -145,22 +145,27 @@ Result<void> BlockManager::destroy(std::string_view name) {
 }
 
 std::optional<std::vector<MutableBlock>> BlockManager::allocate_blocks(std::size_t count) {
-  auto r = allocate_blocks_with_evictions(count);
-  if (!r) {
-    return std::nullopt;
-  }
-  return std::move(r->first);
+  return allocate(count, nullptr);
 }
 
 std::optional<std::pair<std::vector<MutableBlock>, std::vector<SequenceHash>>>
 BlockManager::allocate_blocks_with_evictions(std::size_t count) {
-  std::vector<Grant> grants;
   std::vector<SequenceHash> evicted;
+  evicted.reserve(count);
+  auto blocks = allocate(count, &evicted);
+  if (!blocks) {
+    return std::nullopt;
+  }
+  return std::make_pair(std::move(*blocks), std::move(evicted));
+}
+
+std::optional<std::vector<MutableBlock>> BlockManager::allocate(
+    std::size_t count, std::vector<SequenceHash>* evicted) {
+  std::vector<Grant> grants;
   if (count > total_blocks()) {
     return std::nullopt;
   }
   grants.reserve(count);
-  evicted.reserve(count);
   bool ok = false;
   for (int attempt = 0; attempt < 2 && !ok; ++attempt) {
     if (attempt == 1 && att_->reap_dead_processes() == 0) {
@@ -170,7 +175,7 @@ BlockManager::allocate_blocks_with_evictions(std::size_t count) {
       if (store.free_count() + store.inactive_count() < count) {
         return false;
       }
-      store.allocate(count, att_->me(), grants, &evicted);
+      store.allocate(count, att_->me(), grants, evicted);
       return true;
     });
   }
@@ -182,7 +187,7 @@ BlockManager::allocate_blocks_with_evictions(std::size_t count) {
   for (const Grant& g : grants) {
     blocks.push_back(HandleAccess::make_mutable(att_, g));
   }
-  return std::make_pair(std::move(blocks), std::move(evicted));
+  return blocks;
 }
 
 void BlockManager::check_own(const CompleteBlock& b) const {

@@ -42,7 +42,6 @@ class BlockStore {
   explicit BlockStore(Segment& segment);
 
   Segment& segment() { return seg_; }
-  InactiveBackend& backend() { return *backend_; }
 
   // --- transactions (intent record) -------------------------------------------------------
   /// Arms the intent for an operation of `actor` (kNil for tools that are not attached).

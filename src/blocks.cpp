@@ -215,17 +215,13 @@ std::optional<ImmutableBlock> WeakBlock::upgrade() const {
       break;  // `held` is released on scope exit
     }
   }
-  std::optional<Grant> g;
-  {
-    auto lock = att.lock();
-    auto& store = att.store();
-    store.begin(IntentOp::kAcquire, att.me());
-    g = store.acquire(hash_, att.me());
-    if (g) {
-      att.local(g->slot).fetch_add(1, std::memory_order_relaxed);
+  const std::optional<Grant> g = att.run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+    auto acquired = store.acquire(hash_, att.me());
+    if (acquired) {
+      att.local(acquired->slot).fetch_add(1, std::memory_order_relaxed);
     }
-    store.commit();
-  }
+    return acquired;
+  });
   if (!g) {
     return std::nullopt;
   }

@@ -122,7 +122,7 @@ class LineageBackend final : public InactiveBackend {
         p = alloc_node(h.position() - 1, h.parent_fragment(), kGhost, kNil);
       }
       if (p != kNil) {
-        link_child(p, n, false);
+        link_child(p, n);
       }
     }
     // Ghosts left without children (stale flags) go, as they would have at runtime.
@@ -281,7 +281,7 @@ class LineageBackend final : public InactiveBackend {
         p = alloc_node(pos - 1, h.parent_fragment(), kGhost, kNil);
       }
       if (p != kNil) {
-        link_child(p, n, renew_ticks);
+        link_child(p, n);
       }
     }
     if (nodes_[n].first_child == kNil) {
@@ -289,7 +289,7 @@ class LineageBackend final : public InactiveBackend {
     }
   }
 
-  void link_child(std::uint32_t p, std::uint32_t c, bool /*renew_ticks*/) {
+  void link_child(std::uint32_t p, std::uint32_t c) {
     LineageNode& parent = nodes_[p];
     if (parent.is_leaf != 0) {
       leaf_remove(p);  // a Real leaf that gets a child is interior now

@@ -12,6 +12,19 @@
 
 namespace kvbm::detail {
 
+std::vector<std::string> dead_process_problems(const Segment& segment, std::uint32_t skip) {
+  std::vector<std::string> problems;
+  for (const ProcessView& p : list_processes(segment)) {
+    if (!p.alive && p.index != skip) {
+      problems.push_back(
+          fmt::format("process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} "
+                      "mutable/staged, {} registered); run reap or 'kvbm-ctl repair'",
+                      p.index, p.pid, p.exclusive + p.held, p.exclusive, p.held));
+    }
+  }
+  return problems;
+}
+
 std::vector<ProcessView> list_processes(const Segment& seg) {
   std::vector<ProcessView> out;
   const auto* slots = seg.slots();
@@ -139,13 +152,8 @@ std::vector<std::string> verify_segment(ToolSession& session) {
   }
   session.store().verify(problems);
   session.unlock();
-  for (const ProcessView& p : list_processes(session.segment())) {
-    if (!p.alive) {
-      problems.push_back(
-          fmt::format("process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} "
-                      "mutable/staged, {} registered)",
-                      p.index, p.pid, p.exclusive + p.held, p.exclusive, p.held));
-    }
+  for (auto& p : dead_process_problems(session.segment())) {
+    problems.push_back(std::move(p));
   }
   return problems;
 }

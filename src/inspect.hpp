@@ -32,6 +32,11 @@ struct ProcessView {
 /// Entries in use, with a liveness verdict from an OFD probe (works on a read-only fd).
 std::vector<ProcessView> list_processes(const Segment& segment);
 
+/// One line per process entry in use whose owner is dead, with what it still holds. `skip` is
+/// the caller's own entry (its own lock cannot be probed through its own description).
+std::vector<std::string> dead_process_problems(const Segment& segment,
+                                               std::uint32_t skip = shm::kNil);
+
 /// Live attachments of a segment found by probing the liveness locks on its object directly
 /// (works when the segment cannot be opened, e.g. damaged). 0 if the object does not exist.
 std::size_t count_live_attachments(std::string_view name);

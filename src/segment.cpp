@@ -442,7 +442,6 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
     return fail(boost_error(e, config.name, "map"));
   }
   obj.reset();  // our own fd keeps the object open; Boost's is closed
-  seg->mapped_bytes_ = layout.total_bytes;
 
   auto* h = new (seg->region_->get_address()) shm::SegmentHeader();
   h->init_state.store(static_cast<std::uint32_t>(shm::InitState::kInitializing),
@@ -592,7 +591,6 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
     return tl::unexpected(boost_error(e, name, "map"));
   }
   obj.reset();
-  seg->mapped_bytes_ = size;
   const auto* h = static_cast<const shm::SegmentHeader*>(seg->region_->get_address());
   if (h->layout_major != shm::kLayoutMajor) {
     return mismatch(fmt::format("layout {}.{}, this build understands {}.{}", h->layout_major,

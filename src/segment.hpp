@@ -67,7 +67,6 @@ class Segment {
   std::uint32_t block_count() const { return config_.block_count; }
   std::uint32_t max_processes() const { return config_.max_processes; }
   std::uint32_t index_capacity() const { return index_capacity_; }
-  std::uint64_t mapped_bytes() const { return mapped_bytes_; }
 
   shm::SegmentHeader* header() const { return header_; }
   shm::ControlBlock* control() const { return control_; }
@@ -90,7 +89,6 @@ class Segment {
   int fd_ = -1;
   std::unique_ptr<boost::interprocess::mapped_region> region_;
   std::unique_ptr<boost::interprocess::mapped_region> payload_region_;
-  std::uint64_t mapped_bytes_ = 0;
   std::uint32_t index_capacity_ = 0;
   shm::SegmentHeader* header_ = nullptr;
   shm::ControlBlock* control_ = nullptr;

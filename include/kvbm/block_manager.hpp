@@ -116,6 +116,9 @@ class BlockManager {
  private:
   friend struct testing::Peer;
   void check_own(const CompleteBlock& block) const;
+  /// Both allocate calls; `evicted` (may be null) receives the evicted hashes.
+  std::optional<std::vector<MutableBlock>> allocate(std::size_t count,
+                                                    std::vector<SequenceHash>* evicted);
   explicit BlockManager(std::shared_ptr<detail::Attachment> att);
   std::shared_ptr<detail::Attachment> att_;
   std::jthread reaper_;
