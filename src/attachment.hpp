@@ -72,6 +72,13 @@ class Attachment {
   std::uint32_t me() const { return me_; }
   std::uint64_t incarnation() const { return incarnation_; }
   bool forked() const noexcept;
+  /// Whether this attachment's entry was reclaimed (lock() then throws kFenced). Lock-free.
+  bool fenced() const noexcept {
+    const auto& e = seg_->procs()[me_];
+    return e.incarnation.load(std::memory_order_acquire) != incarnation_ ||
+           e.state.load(std::memory_order_acquire) !=
+               static_cast<std::uint32_t>(shm::ProcState::kLive);
+  }
   void check_fork() const;
   std::atomic<std::uint32_t>& local(std::uint32_t slot) { return local_[slot]; }
   std::uint32_t slot_generation(std::uint32_t slot) const {

@@ -231,14 +231,14 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
       results[i] = r.block;
     }
     store.count(shm::kRegistrations, blocks.size());
+    store.note_destaged(att_->me(), blocks.size());
     return true;
   });
   std::vector<ImmutableBlock> out;
   out.reserve(blocks.size());
   for (std::size_t i = 0; i < blocks.size(); ++i) {
-    const SequenceHash h = blocks[i].sequence_hash();
-    HandleAccess::disarm(blocks[i]);
-    out.push_back(HandleAccess::make_immutable(att_, results[i], h));
+    // The store consumed the staged slot: the CompleteBlock gives up its reference unreleased.
+    out.push_back(HandleAccess::immutable_from(blocks[i], results[i]));
   }
   return out;
 }
@@ -380,13 +380,7 @@ std::uint32_t BlockManager::process_index() const {
 
 PoolCounts BlockManager::counts() const {
   auto lock = att_->lock();
-  const auto& c = att_->segment().control()->state_counts;
-  auto get = [&](shm::SlotState s) {
-    return static_cast<std::size_t>(c[static_cast<int>(s)].load(std::memory_order_relaxed));
-  };
-  return PoolCounts{get(shm::SlotState::kReset),     get(shm::SlotState::kMutable),
-                    get(shm::SlotState::kStaged),    get(shm::SlotState::kPrimary),
-                    get(shm::SlotState::kDuplicate), get(shm::SlotState::kInactive)};
+  return detail::read_counts(att_->segment());
 }
 
 BlockInfo BlockManager::inspect_block(BlockId id) const {

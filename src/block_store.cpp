@@ -8,6 +8,7 @@
 
 #include "crash_point.hpp"
 #include "process_table.hpp"
+#include "slot_atomics.hpp"
 #include "slot_list.hpp"
 
 namespace kvbm::detail {
@@ -21,6 +22,11 @@ constexpr std::uint8_t st(SlotState s) {
 }
 constexpr std::uint64_t bit(std::uint32_t proc) {
   return std::uint64_t{1} << proc;
+}
+// Mutable and Staged slots are counted together (ControlBlock::state_counts[kMutable]): staging
+// happens without the mutex, so the split lives in the process entries (ProcEntry::stagings).
+constexpr std::uint8_t count_index(std::uint8_t state) {
+  return state == st(SlotState::kStaged) ? st(SlotState::kMutable) : state;
 }
 // A compiler barrier: stores before it are not moved after it. Process death (not power loss)
 // is the failure model, so program order of stores is all the intent protocol needs.
@@ -118,9 +124,12 @@ void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
 
 void BlockStore::set_state(shm::SlotMeta& m, SlotState s) noexcept {
   auto& counts = ctl_->state_counts;
-  counts[m.state].store(counts[m.state].load(std::memory_order_relaxed) - 1,
-                        std::memory_order_relaxed);
-  counts[st(s)].store(counts[st(s)].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  const std::uint8_t from = count_index(m.state);
+  const std::uint8_t to = count_index(st(s));
+  if (from != to) {
+    counts[from].store(counts[from].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    counts[to].store(counts[to].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   m.state = st(s);
 }
 
@@ -149,6 +158,7 @@ void BlockStore::to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept {
   m.reset_on_release = default_ror_;
   m.backend_flags = 0;
   m.generation.store(m.generation.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  store_hash(m, shm::kNoHashHi, shm::kNoHashLo);  // stage_lock_free claims the hash from this
 }
 
 void BlockStore::release_primary(std::uint32_t slot) noexcept {
@@ -212,6 +222,41 @@ void BlockStore::allocate(std::size_t n,
   count(shm::kEvictions, from_inactive);
 }
 
+BlockStore::StageResult BlockStore::stage_lock_free(Grant g,
+                                                    std::uint32_t actor,
+                                                    SequenceHash hash) noexcept {
+  // Why this is safe without the mutex: only the owner changes its Mutable slot, except a reaper
+  // that reclaimed the owner's entry (the owner was fenced). Each step is one compare-and-swap
+  // that fails once the slot is no longer this generation's empty Mutable slot, and a step
+  // that lands on a reclaimed slot is harmless: the hash is claimed only from the empty marker
+  // (which only an unstaged Mutable slot carries; its new owner's stage then takes the locked
+  // path and overwrites it), and the state word only at this owner's generation.
+  auto& m = slots_[g.slot];
+  const std::uint64_t w = load_state_word(m);
+  if (word_state(w) != st(SlotState::kMutable) || word_generation(w) != g.generation ||
+      __atomic_load_n(&m.owner, __ATOMIC_RELAXED) != actor) {
+    return StageResult::kNotOwned;
+  }
+  if (hash.hi() == shm::kNoHashHi && hash.lo() == shm::kNoHashLo) {
+    return StageResult::kNeedLock;
+  }
+  auto& e = procs_[actor];
+  // Counted before the slot shows Staged, so an entry's stagings - destaged is never below its
+  // Staged slots (what verify() checks while stages are in flight).
+  e.stagings.fetch_add(1, std::memory_order_relaxed);
+  KVBM_CRASH_POINT("stage.counted");
+  if (!cas_hash(m, shm::kNoHashHi, shm::kNoHashLo, hash.hi(), hash.lo())) {
+    e.destaged.fetch_add(1, std::memory_order_relaxed);
+    return StageResult::kNeedLock;
+  }
+  KVBM_CRASH_POINT("stage.hashed");
+  if (!cas_state_word(m, w, word_with_state(w, SlotState::kStaged))) {
+    e.destaged.fetch_add(1, std::memory_order_relaxed);
+    return StageResult::kNotOwned;
+  }
+  return StageResult::kDone;
+}
+
 bool BlockStore::stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept {
   auto& m = slots_[g.slot];
   if (m.state != st(SlotState::kMutable) || m.owner != actor ||
@@ -219,12 +264,24 @@ bool BlockStore::stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept
     return false;
   }
   log(g.slot);
+  procs_[actor].stagings.fetch_add(1, std::memory_order_relaxed);
+  store_hash(m, hash.hi(), hash.lo());
+  KVBM_CRASH_POINT("stage.locked_hash");
   set_state(m, SlotState::kStaged);
-  KVBM_CRASH_POINT("stage.state");
-  m.hash_hi = hash.hi();
-  m.hash_lo = hash.lo();
-  count(shm::kStagings);
   return true;
+}
+
+void BlockStore::note_destaged(std::uint32_t actor, std::uint64_t n) noexcept {
+  procs_[actor].destaged.fetch_add(n, std::memory_order_relaxed);
+}
+
+void BlockStore::recount_staged(std::uint32_t actor) noexcept {
+  std::uint64_t staged = 0;
+  for (std::uint32_t s = 0; s < n_; ++s) {
+    staged += slots_[s].state == st(SlotState::kStaged) && slots_[s].owner == actor ? 1 : 0;
+  }
+  auto& e = procs_[actor];
+  e.destaged.store(e.stagings.load(std::memory_order_relaxed) - staged, std::memory_order_relaxed);
 }
 
 bool BlockStore::unstage(Grant g, std::uint32_t actor) noexcept {
@@ -235,6 +292,8 @@ bool BlockStore::unstage(Grant g, std::uint32_t actor) noexcept {
   log(g.slot);
   set_state(m, SlotState::kMutable);
   m.reset_on_release = default_ror_;
+  store_hash(m, shm::kNoHashHi, shm::kNoHashLo);
+  note_destaged(actor, 1);
   return true;
 }
 
@@ -250,8 +309,12 @@ bool BlockStore::release_exclusive(Grant g, std::uint32_t actor) noexcept {
       m.owner != actor || m.generation.load(std::memory_order_relaxed) != g.generation) {
     return false;
   }
+  const bool staged = m.state == st(SlotState::kStaged);
   log(g.slot);
   to_reset(g.slot);
+  if (staged) {
+    note_destaged(actor, 1);
+  }
   return true;
 }
 
@@ -404,6 +467,8 @@ void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
   barrier();
   in.proc_target = proc;
   barrier();
+  // The entry's stagings leave the per-entry sum of kvbm_stagings_total with the entry.
+  count(shm::kStagings, e.stagings.load(std::memory_order_relaxed));
   e.incarnation.store(in.proc_incarnation_before + 1, std::memory_order_relaxed);
   e.state.store(static_cast<std::uint32_t>(shm::ProcState::kFree), std::memory_order_release);
   if (!detach) {
@@ -526,17 +591,10 @@ std::uint64_t BlockStore::claim_process(std::uint32_t proc,
   e.start_ticks.store(start_ticks, std::memory_order_relaxed);
   e.pidns_inode.store(pidns, std::memory_order_relaxed);
   e.attached_ns.store(realtime_now_ns(), std::memory_order_relaxed);
+  e.stagings.store(0, std::memory_order_relaxed);
+  e.destaged.store(0, std::memory_order_relaxed);
   e.state.store(static_cast<std::uint32_t>(shm::ProcState::kLive), std::memory_order_release);
   return inc;
-}
-
-void BlockStore::release_process(std::uint32_t proc, std::uint64_t incarnation) noexcept {
-  auto& e = procs_[proc];
-  if (e.incarnation.load(std::memory_order_relaxed) != incarnation) {
-    return;
-  }
-  e.incarnation.store(incarnation + 1, std::memory_order_relaxed);
-  e.state.store(static_cast<std::uint32_t>(shm::ProcState::kFree), std::memory_order_release);
 }
 
 }  // namespace kvbm::detail

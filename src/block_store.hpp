@@ -2,6 +2,9 @@
 // BlockStore: the ONLY code that changes slot state. Every method requires the store mutex held by
 // the caller (the Attachment's StoreLock), takes no other lock, allocates nothing and does not
 // throw, so an operation is never abandoned half-way except by the death of the process.
+// The one exception is stage_lock_free(): the owner of a Mutable slot stages it without the mutex
+// (two compare-and-swaps on its own slot, accounted in its own process entry), because staging
+// is the one per-block call of the hot path that touches no shared structure.
 //
 // Source of truth: SlotMeta. The free list, the inactive backend, the hash index, the state counts
 // and the keep-alive counts are derived and rebuilt from the slots by rebuild_derived().
@@ -58,8 +61,17 @@ class BlockStore {
                 std::uint32_t actor,
                 std::vector<Grant>& out,
                 std::vector<SequenceHash>* evicted) noexcept;
-  /// Mutable -> Staged. False if the slot is not this actor's Mutable slot of that generation.
+  enum class StageResult { kDone, kNeedLock, kNotOwned };
+  /// Mutable -> Staged WITHOUT the store mutex, by the slot's owner. kNeedLock: the hash field
+  /// was not the empty marker (a stray write of a fenced process, or `hash` is the marker
+  /// itself); call stage() under the mutex. kNotOwned: not this actor's Mutable slot of that
+  /// generation (any more).
+  StageResult stage_lock_free(Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
+  /// Mutable -> Staged under the mutex. False if the slot is not this actor's Mutable slot of
+  /// that generation.
   bool stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
+  /// `n` Staged slots of `actor` left Staged under the mutex (registered).
+  void note_destaged(std::uint32_t actor, std::uint64_t n) noexcept;
   /// Staged -> Mutable (reset-on-release back to the default).
   bool unstage(Grant g, std::uint32_t actor) noexcept;
   /// Mutable or Staged (this actor's, this generation) -> Reset.
@@ -86,8 +98,6 @@ class BlockStore {
                               std::int32_t pid,
                               std::uint64_t start_ticks,
                               std::uint64_t pidns) noexcept;
-  /// Frees entry `proc` if its incarnation is still `incarnation`.
-  void release_process(std::uint32_t proc, std::uint64_t incarnation) noexcept;
 
   void count(shm::Counter c, std::uint64_t n = 1) noexcept;
   /// Repair only: a slot whose state value is invalid goes to Reset (no list touched; run
@@ -117,6 +127,8 @@ class BlockStore {
   /// Commits and re-arms when fewer than `reserve` image slots are left in the intent.
   void checkpoint(std::uint32_t reserve) noexcept;
   void set_state(shm::SlotMeta& m, shm::SlotState s) noexcept;
+  /// Recomputes a dead actor's `destaged` from its Staged slots (after a rollback).
+  void recount_staged(std::uint32_t actor) noexcept;
   void to_reset(std::uint32_t slot) noexcept;  // requires: logged; pushes to the free list
   void to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept;
   void release_primary(std::uint32_t slot) noexcept;  // requires: logged, no holder, no keep-alive

@@ -82,14 +82,25 @@ Result<CompleteBlock, BlockSizeMismatch> MutableBlock::stage(SequenceHash hash,
   if (block_size != expected) {
     return tl::unexpected(BlockSizeMismatch{expected, block_size, std::move(*this)});
   }
-  const bool ok = att.run(IntentOp::kStage, [&](detail::BlockStore& store) {
-    return store.stage(Grant{id_, gen_}, att.me(), hash);
-  });
-  if (!ok) {
-    throw std::logic_error("kvbm: MutableBlock is no longer owned by this process");
+  if (hash.hi() == shm::kNoHashHi && hash.lo() == shm::kNoHashLo) {
+    throw std::invalid_argument(
+        "kvbm: stage: the SequenceHash with all 128 bits set is reserved (SequenceHash::make "
+        "never produces it)");
   }
-  CompleteBlock done = detail::HandleAccess::make_complete(std::move(att_), Grant{id_, gen_}, hash);
-  return done;
+  using R = detail::BlockStore::StageResult;
+  const Grant g{id_, gen_};
+  // The fast path takes no lock. A fenced attachment goes the locked way, whose lock() reports
+  // the fencing; so does a slot the fast path could not stage for any other reason.
+  R r = att.fenced() ? R::kNeedLock : att.store().stage_lock_free(g, att.me(), hash);
+  if (r != R::kDone) {
+    const bool ok = att.run(IntentOp::kStage, [&](detail::BlockStore& store) {
+      return store.stage(g, att.me(), hash);
+    });
+    if (!ok) {
+      throw std::logic_error("kvbm: MutableBlock is no longer owned by this process");
+    }
+  }
+  return detail::HandleAccess::make_complete(std::move(att_), g, hash);
 }
 
 // --- CompleteBlock ------------------------------------------------------------------------------

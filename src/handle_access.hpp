@@ -47,10 +47,18 @@ struct HandleAccess {
     w.hash_ = h;
     return w;
   }
+  /// Moves a registered CompleteBlock's attachment reference into its ImmutableBlock (no count
+  /// change). Requires: the local count of g.slot was already incremented for the new handle.
+  static ImmutableBlock immutable_from(CompleteBlock& b, Grant g) {
+    ImmutableBlock out;
+    out.att_ = std::move(b.att_);
+    out.id_ = g.slot;
+    out.gen_ = g.generation;
+    out.hash_ = b.hash_;
+    return out;
+  }
   static Attachment* attachment(const CompleteBlock& b) { return b.att_.get(); }
   static Grant grant(const CompleteBlock& b) { return Grant{b.id_, b.gen_}; }
-  /// The store already consumed the staged slot: the guard must not release it.
-  static void disarm(CompleteBlock& b) { b.att_.reset(); }
 };
 
 }  // namespace kvbm::detail

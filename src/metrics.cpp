@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kvbm/metrics.hpp"
 
+#include <algorithm>
 #include <array>
 
 #include "metrics_reader.hpp"
@@ -60,6 +61,47 @@ bool MetricsSnapshot::is_gauge(std::string_view name) {
 
 namespace detail {
 
+namespace {
+
+struct EntryStaging {
+  std::uint64_t staged = 0;    // Staged slots the in-use entries account for
+  std::uint64_t stagings = 0;  // stages of in-use entries not yet folded into the counter
+};
+
+EntryStaging entry_staging(const Segment& seg) {
+  EntryStaging t;
+  for (std::uint32_t p = 0; p < seg.max_processes(); ++p) {
+    const auto& e = seg.procs()[p];
+    if (e.state.load(std::memory_order_relaxed) ==
+        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+      continue;
+    }
+    const std::uint64_t stagings = e.stagings.load(std::memory_order_relaxed);
+    const std::uint64_t destaged = e.destaged.load(std::memory_order_relaxed);
+    t.stagings += stagings;
+    t.staged += stagings >= destaged ? stagings - destaged : 0;
+  }
+  return t;
+}
+
+}  // namespace
+
+PoolCounts read_counts(const Segment& seg) {
+  const auto* ctl = seg.control();
+  auto get = [&](shm::SlotState s) {
+    return static_cast<std::size_t>(
+        ctl->state_counts[static_cast<int>(s)].load(std::memory_order_relaxed));
+  };
+  const std::size_t exclusive = get(shm::SlotState::kMutable);  // Mutable + Staged
+  const std::size_t staged = std::min<std::size_t>(entry_staging(seg).staged, exclusive);
+  return PoolCounts{get(shm::SlotState::kReset),
+                    exclusive - staged,
+                    staged,
+                    get(shm::SlotState::kPrimary),
+                    get(shm::SlotState::kDuplicate),
+                    get(shm::SlotState::kInactive)};
+}
+
 MetricsSnapshot read_metrics(const Segment& seg) {
   const auto* ctl = seg.control();
   auto counter = [&](shm::Counter c) {
@@ -76,7 +118,8 @@ MetricsSnapshot read_metrics(const Segment& seg) {
   m.registrations_total = counter(shm::kRegistrations);
   m.duplicate_blocks_total = counter(shm::kDuplicateBlocks);
   m.registration_dedup_total = counter(shm::kRegistrationDedup);
-  m.stagings_total = counter(shm::kStagings);
+  const EntryStaging staging = entry_staging(seg);
+  m.stagings_total = counter(shm::kStagings) + static_cast<std::int64_t>(staging.stagings);
   m.match_hashes_requested_total = counter(shm::kMatchHashesRequested);
   m.match_blocks_returned_total = counter(shm::kMatchBlocksReturned);
   m.scan_hashes_requested_total = counter(shm::kScanHashesRequested);
@@ -85,7 +128,9 @@ MetricsSnapshot read_metrics(const Segment& seg) {
   m.recoveries_total = counter(shm::kRecoveries);
   m.reset_pool_size = state(shm::SlotState::kReset);
   m.inactive_pool_size = state(shm::SlotState::kInactive);
-  m.inflight_mutable = state(shm::SlotState::kMutable);
+  m.inflight_mutable =  // Mutable + Staged are counted together; CompleteBlocks do not count
+      std::max<std::int64_t>(
+          0, state(shm::SlotState::kMutable) - static_cast<std::int64_t>(staging.staged));
   m.inflight_immutable = state(shm::SlotState::kPrimary) + state(shm::SlotState::kDuplicate);
   std::int64_t attached = 0;
   for (std::uint32_t p = 0; p < seg.max_processes(); ++p) {

@@ -9,4 +9,7 @@
 
 namespace kvbm::detail {
 MetricsSnapshot read_metrics(const Segment& segment);
-}
+/// Slots per state. Mutable and Staged are split with the process entries' staging accounts;
+/// exact when no stage is in flight, otherwise an in-flight stage counts as Staged.
+PoolCounts read_counts(const Segment& segment);
+}  // namespace kvbm::detail

@@ -19,7 +19,9 @@ using shm::SlotState;
 std::vector<std::string> BlockStore::recover() {
   auto& in = ctl_->intent;
   KVBM_CRASH_POINT("recover.start");
+  std::uint32_t dead_actor = kNil;
   if ((in.seq.load(std::memory_order_relaxed) & 1) != 0) {
+    dead_actor = in.actor;
     // g_rollback_enabled is false only in the tests' negative control: disarm without undoing.
     const std::uint32_t count = g_rollback_enabled ? std::min(in.count, shm::kIntentMaxSlots) : 0;
     for (std::uint32_t i = count; i-- > 0;) {
@@ -43,6 +45,11 @@ std::vector<std::string> BlockStore::recover() {
     KVBM_CRASH_POINT("recover.rolled_back");
   }
   std::vector<std::string> problems = rebuild_derived();
+  if (dead_actor < seg_.max_processes() && g_rollback_enabled) {
+    // The rolled-back operation may have counted slots as having left Staged; its actor held the
+    // mutex and died, so none of its threads can be staging now.
+    recount_staged(dead_actor);
+  }
   KVBM_CRASH_POINT("recover.rebuilt");
   verify(problems);
   if (problems.empty()) {
@@ -61,7 +68,10 @@ std::vector<std::string> BlockStore::rebuild_derived() {
       problems.push_back(fmt::format("slot {}: invalid state value {}", s, m.state));
       continue;
     }
-    ++counts[m.state];
+    // Mutable and Staged are counted together (the split is per process entry).
+    ++counts[m.state == static_cast<std::uint8_t>(SlotState::kStaged)
+                 ? static_cast<std::uint8_t>(SlotState::kMutable)
+                 : m.state];
     if (m.state == static_cast<std::uint8_t>(SlotState::kPrimary)) {
       m.keepalive = 0;
     }

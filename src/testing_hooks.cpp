@@ -2,6 +2,7 @@
 #include "testing_hooks.hpp"
 
 #include "attachment.hpp"
+#include "slot_atomics.hpp"
 
 namespace kvbm::testing {
 
@@ -26,6 +27,11 @@ void Peer::half_done_operation_and_hold(BlockManager& m, BlockId id) {
 void Peer::corrupt_slot_state(BlockManager& m, BlockId id, std::uint8_t value) {
   auto lock = m.att_->lock();
   m.att_->segment().slots()[id].state = value;
+}
+
+bool Peer::stray_stage_hash(BlockManager& m, BlockId id, SequenceHash hash) {
+  return detail::cas_hash(m.att_->segment().slots()[id], shm::kNoHashHi, shm::kNoHashLo, hash.hi(),
+                          hash.lo());
 }
 
 void Peer::drop_liveness(BlockManager& m) {

@@ -23,6 +23,9 @@ struct Peer {
   /// Writes a raw state value into slot `id` without the intent (unrecoverable damage).
   static void corrupt_slot_state(BlockManager& m, BlockId id, std::uint8_t value);
   static std::uint64_t epoch(BlockManager& m);
+  /// What a fenced process's late lock-free stage can leave on a slot it no longer owns: claims
+  /// the hash of slot `id` from the empty marker (no lock, no state change). True if it landed.
+  static bool stray_stage_hash(BlockManager& m, BlockId id, SequenceHash hash);
   /// Closes the attachment's liveness fd: other processes now see it as dead.
   static void drop_liveness(BlockManager& m);
 };

@@ -31,6 +31,8 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     problems.push_back("intent record is armed: an operation was interrupted");
   }
   std::uint64_t counts[shm::kSlotStateCount] = {};
+  std::uint64_t staged_of[shm::kMaxProcesses] = {};     // Staged slots per owner entry
+  std::uint64_t exclusive_of[shm::kMaxProcesses] = {};  // Mutable + Staged slots per owner entry
   std::vector<std::uint32_t> dup_refs(n_, 0);
   for (std::uint32_t s = 0; s < n_; ++s) {
     const auto& m = slots_[s];
@@ -38,8 +40,15 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
       problems.push_back(fmt::format("slot {}: invalid state value {}", s, m.state));
       continue;
     }
-    ++counts[m.state];
-    const bool exclusive = m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged);
+    // A live owner may stage its Mutable slot concurrently (without the mutex): read the state
+    // once; Mutable and Staged are both "exclusive" for every check below.
+    const std::uint8_t state = __atomic_load_n(&m.state, __ATOMIC_ACQUIRE);
+    ++counts[state];
+    const bool exclusive = state == st(SlotState::kMutable) || state == st(SlotState::kStaged);
+    if (exclusive && m.owner < shm::kMaxProcesses) {
+      exclusive_of[m.owner] += 1;
+      staged_of[m.owner] += state == st(SlotState::kStaged) ? 1 : 0;
+    }
     const bool held = m.state == st(SlotState::kPrimary) || m.state == st(SlotState::kDuplicate);
     if (exclusive && !entry_in_use(m.owner)) {
       problems.push_back(fmt::format("slot {}: {} but its owner entry {} is not in use", s,
@@ -89,6 +98,24 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     } else if (m.state < shm::kSlotStateCount && m.keepalive != 0) {
       problems.push_back(
           fmt::format("slot {}: {} with a keep-alive count", s, state_name(m.state)));
+    }
+  }
+  // Mutable and Staged share one count; each entry accounts for its Staged slots itself.
+  counts[st(SlotState::kMutable)] += counts[st(SlotState::kStaged)];
+  counts[st(SlotState::kStaged)] = 0;
+  for (std::uint32_t p = 0; p < max_procs && p < shm::kMaxProcesses; ++p) {
+    if (!entry_in_use(p)) {
+      continue;
+    }
+    // Read after the slot scan: a stage counts itself before its slot shows Staged, and every
+    // slot it could still be staging was seen as Mutable by the scan (allocation needs the
+    // mutex this check holds). So these bounds hold even while the owner is staging.
+    const std::uint64_t staged = procs_[p].stagings.load(std::memory_order_acquire) -
+                                 procs_[p].destaged.load(std::memory_order_acquire);
+    if (staged < staged_of[p] || staged > exclusive_of[p]) {
+      problems.push_back(fmt::format(
+          "process entry {}: accounts for {} Staged slots but owns {} Staged and {} Mutable", p,
+          static_cast<std::int64_t>(staged), staged_of[p], exclusive_of[p] - staged_of[p]));
     }
   }
   for (std::uint32_t i = 0; i < shm::kSlotStateCount; ++i) {

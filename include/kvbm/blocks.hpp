@@ -47,7 +47,9 @@ class MutableBlock {
   /// Payload bytes of this block; empty when the segment has no payload region.
   std::span<std::byte> data();
   /// Mutable -> Staged. On size mismatch the error hands the block back untouched:
-  /// error().expected, .actual, .block.
+  /// error().expected, .actual, .block. Takes no lock (the slot is this process's own).
+  /// Throws std::invalid_argument for the one reserved hash value (all 128 bits set, mode 3,
+  /// which SequenceHash::make never produces).
   Result<CompleteBlock, BlockSizeMismatch> stage(SequenceHash hash, std::uint32_t block_size) &&;
 
  private:

@@ -2,11 +2,14 @@
 // SlotMeta: one per block, the single source of truth of the block's state. Every other structure
 // (free list, inactive pool, hash index, state counts) is derived from the slots and rebuilt from
 // them after a crash.
-// Written by: BlockStore only, under the store mutex (generation is also read lock-free by
-// WeakBlock's fast path, hence atomic). Read by: verify/inspect and kvbm-ctl.
+// Written by: BlockStore only, under the store mutex, with one exception: the owner process of a
+// Mutable slot stages it without the mutex (a compare-and-swap of the hash, then of the state
+// word; see BlockStore::stage_lock_free). generation is also read lock-free by WeakBlock's fast
+// path, hence atomic. Read by: verify/inspect and kvbm-ctl.
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 #include "shm/layout.hpp"
@@ -48,16 +51,19 @@ struct SlotImage {
 };
 static_assert(sizeof(SlotImage) == 56);
 
+// Field order: the first 8 bytes (state .. generation) form the slot's state word and the hash
+// is 16-byte aligned, because the owner stages its own slot without the store mutex by
+// compare-and-swapping exactly those two units (see BlockStore::stage_lock_free).
 struct alignas(16) SlotMeta {
   std::uint8_t state;
   std::uint8_t reset_on_release;
   std::uint8_t level;
   std::uint8_t backend_flags;
   std::atomic<std::uint32_t> generation;  // ++ each time the slot becomes Mutable
-  std::uint64_t hash_hi;
-  std::uint64_t hash_lo;
   std::uint32_t owner;
   std::uint32_t dup_primary;
+  std::uint64_t hash_hi;  // kNoHash while Mutable (set by allocation, written once by stage)
+  std::uint64_t hash_lo;
   std::uint64_t holders;
   std::uint32_t keepalive;
   std::uint32_t prev;  // derived: free-list / inactive-list links
@@ -97,5 +103,13 @@ struct alignas(16) SlotMeta {
 };
 static_assert(ShmRegion<SlotMeta>);
 static_assert(sizeof(SlotMeta) == 64, "layout change: bump kLayoutMajor");
+static_assert(offsetof(SlotMeta, generation) == 4 && offsetof(SlotMeta, hash_hi) % 16 == 0 &&
+              offsetof(SlotMeta, hash_lo) == offsetof(SlotMeta, hash_hi) + 8);
+
+/// The hash of a slot that has none yet: a Mutable slot carries it from allocation until its
+/// owner stages it, so staging can claim the hash field with one compare-and-swap. Mode 3 is
+/// never produced by SequenceHash::make / hash_token_blocks; stage() refuses this exact value.
+inline constexpr std::uint64_t kNoHashHi = ~std::uint64_t{0};
+inline constexpr std::uint64_t kNoHashLo = ~std::uint64_t{0};
 
 }  // namespace kvbm::shm

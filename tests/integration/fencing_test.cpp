@@ -64,6 +64,10 @@ TEST_CASE("A process whose entry was reclaimed is fenced and harmless", "[fencin
         kvbm::Errc::kFenced);
   CHECK(fenced_code([&] { victim->counts(); }) == kvbm::Errc::kFenced);
   CHECK(fenced_code([&] { imm.set_reset_on_release(true); }) == kvbm::Errc::kFenced);
+  // Staging takes no lock, yet a fenced process's stage of a slot that is now another
+  // process's Mutable block fails too, and leaves that block alone.
+  CHECK(fenced_code([&] { (void)std::move(mut[0]).stage(H(9), 16); }) == kvbm::Errc::kFenced);
+  CHECK(owner->inspect_block(mut_id).state == kvbm::SlotState::kMutable);
   // ...and its handles' destructors do not touch blocks that now belong to someone else.
   mut.clear();
   imm = kvbm::ImmutableBlock();
@@ -125,4 +129,33 @@ TEST_CASE("Without the background reaper a dead worker's blocks stay until reape
   CHECK(m->verify().size() == 1);
   CHECK(m->reap_dead_processes() == 1);
   CHECK(m->counts().mutable_ == 0);
+}
+
+TEST_CASE("A stray hash write of a fenced stager is overwritten by the slot's real owner",
+          "[fencing][integration]") {
+  TempSegment seg("stray");
+  auto cfg = seg.config(8);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  auto m = seg.create(cfg);
+  auto blocks = m->allocate_blocks(2).value();
+  const auto id = blocks[0].block_id();
+  // A fenced process that still believed it owned this slot got as far as claiming its hash
+  // field (the first step of a lock-free stage) before it lost the race.
+  REQUIRE(Peer::stray_stage_hash(*m, id, H(66)));
+  CHECK(m->inspect_block(id).state == kvbm::SlotState::kMutable);
+  // The owner's stage notices (the field is not empty) and stages under the lock instead.
+  auto staged = std::move(blocks[0]).stage(H(1), 16).value();
+  CHECK(m->inspect_block(id).hash == H(1));
+  CHECK(m->counts().staged == 1);
+  // Once staged, a stray claim cannot land any more.
+  CHECK_FALSE(Peer::stray_stage_hash(*m, id, H(67)));
+  auto imm = m->register_block(std::move(staged));
+  CHECK(imm.sequence_hash() == H(1));
+  CHECK(m->inspect_block(id).hash == H(1));
+  CHECK(m->match_blocks(std::vector<SequenceHash>{H(1)}).size() == 1);
+  CHECK(m->match_blocks(std::vector<SequenceHash>{H(66)}).empty());
+  // A block whose field is still empty stages on the fast path.
+  auto other = std::move(blocks[1]).stage(H(2), 16).value();
+  CHECK(m->inspect_block(other.block_id()).hash == H(2));
+  CHECK(m->verify().empty());
 }

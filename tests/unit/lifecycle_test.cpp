@@ -1393,6 +1393,23 @@ TEST_CASE("MutableBlock::stage with a wrong block size hands the block back", "[
   STATE(t, 0, 1, 1, 0, 0, 0);
 }
 
+TEST_CASE("MutableBlock::stage refuses the reserved all-ones hash and keeps the block",
+          "[lifecycle][unit]") {
+  TempSegment seg("lc");
+  Tracker t(seg.create(lru_config(seg, 2)));
+  auto a = alloc(*t, 1);
+  t.alloc(1);
+  const auto reserved = SequenceHash::from_parts(~std::uint64_t{0}, ~std::uint64_t{0});
+  REQUIRE_THROWS_AS(std::move(a[0]).stage(reserved, kBlockSize), std::invalid_argument);
+  REQUIRE(a[0]);
+  REQUIRE_INFO(*t, 0, info(SlotState::kMutable));
+  STATE(t, 1, 1, 0, 0, 0, 0);  // nothing staged or counted
+  CompleteBlock c = stage(std::move(a[0]), h(3));
+  t.add("stagings");
+  REQUIRE_INFO(*t, 0, info(SlotState::kStaged, h(3)));
+  STATE(t, 1, 0, 1, 0, 0, 0);
+}
+
 TEST_CASE("SequenceHash::make rejects position 2^24", "[lifecycle][unit]") {
   REQUIRE_THROWS_AS(SequenceHash::make(1, std::nullopt, 1u << 24), std::out_of_range);
   REQUIRE_THROWS_AS(SequenceHash::make(1, 2, 0xFFFFFFFFu), std::out_of_range);

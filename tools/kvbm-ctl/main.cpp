@@ -57,16 +57,10 @@ std::string hash_text(const kvbm::shm::SlotMeta& m) {
   return kvbm::SequenceHash::from_parts(m.hash_hi, m.hash_lo).to_string();
 }
 
-std::uint64_t count_of(const d::Segment& seg, kvbm::shm::SlotState s) {
-  return seg.control()->state_counts[static_cast<int>(s)].load(std::memory_order_relaxed);
-}
-
 json counts_json(const d::Segment& seg) {
-  using S = kvbm::shm::SlotState;
-  return json{
-      {"reset", count_of(seg, S::kReset)},         {"mutable", count_of(seg, S::kMutable)},
-      {"staged", count_of(seg, S::kStaged)},       {"primary", count_of(seg, S::kPrimary)},
-      {"duplicate", count_of(seg, S::kDuplicate)}, {"inactive", count_of(seg, S::kInactive)}};
+  const kvbm::PoolCounts c = d::read_counts(seg);
+  return json{{"reset", c.reset},     {"mutable", c.mutable_},    {"staged", c.staged},
+              {"primary", c.primary}, {"duplicate", c.duplicate}, {"inactive", c.inactive}};
 }
 
 json process_json(const d::ProcessView& p) {
