@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds kvbm-bench in Release into build-bench/ (or $KVBM_BENCH_BUILD_DIR), runs it, prints its
 # table and writes docs/benchmarks.md (machine, date, build type, results, method).
-# Extra arguments go to kvbm-bench (e.g. --reps 31, or --quick for a smoke run; a --quick run
-# does not overwrite docs/benchmarks.md). About 1-3 minutes including the build.
+# Extra arguments go to kvbm-bench (e.g. --reps 31, --quick for a smoke run, --only 4 for some
+# cases); a --quick or --only run prints its results but does not overwrite docs/benchmarks.md,
+# which always holds one whole run. When case 4 runs, its evictions are also counted in
+# instructions under callgrind (valgrind). About 2-4 minutes including the build.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${KVBM_BENCH_BUILD_DIR:-$root/build-bench}"
@@ -10,6 +12,9 @@ out="$root/docs/benchmarks.md"
 build_type=Release
 
 "$root/scripts/setup.sh"
+# Only the instruction counts need valgrind: without it they are left out, the rest still runs.
+have_valgrind=1
+"$root/scripts/setup.sh" valgrind || have_valgrind=0
 mkdir -p "$build"
 log="$build/build.log"
 if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE="$build_type" -DKVBM_BUILD_TOOLS=ON \
@@ -25,19 +30,71 @@ if ! cmake --build "$build" -j"$(nproc)" --target kvbm-bench kvbm-bench-nointent
 fi
 
 quick=0
+only=""
+prev=""
 for a in "$@"; do
   [ "$a" = "--quick" ] && quick=1
+  [ "$prev" = "--only" ] && only="$a"
+  prev="$a"
 done
 
 fragment="$(mktemp)"
-trap 'rm -f "$fragment" "$fragment.a" "$fragment.b"' EXIT
+trap 'rm -f "$fragment" "$fragment".{a,b,cg,out,err}' EXIT
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 start="$(date -u '+%Y-%m-%d %H:%M UTC')"
 "$build/tools/kvbm-bench" --markdown "$fragment" "$@"
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-if [ "$quick" = 1 ]; then
-  echo "(--quick: $out not rewritten)"
+# Case 4's evictions counted in instructions, which unlike its times depend neither on the load
+# of the machine nor on cache and TLB misses: kvbm-bench --evict-instructions fills a pool and
+# calls evict_round (allocate_blocks(32) + drop) 64 times; callgrind collects only inside it.
+big=1000000
+[ "$quick" = 1 ] && big=100000
+label() { if [ "$1" -ge 1000000 ]; then echo "$(($1 / 1000000))M"; else echo "$(($1 / 1000))k"; fi; }
+instr_table=""
+if [ -n "$only" ] && [[ "$only" != *4* ]]; then
+  :
+elif [ "$have_valgrind" = 0 ]; then
+  echo "valgrind missing: instructions per evicted block not measured" >&2
+else
+  echo "counting instructions per evicted block under callgrind (about a minute) ..."
+  instr_table="| eviction order | $(label 10000) blocks | $(label "$big") blocks | $(label "$big") / $(label 10000) |
+|---|---|---|---|"
+  for policy in lru lineage baseline; do
+    per=()
+    for n in 10000 "$big"; do
+      if ! valgrind --tool=callgrind --callgrind-out-file="$fragment.cg" \
+        --toggle-collect='*evict_round*' "$build/tools/kvbm-bench" --evict-instructions \
+        "$policy" "$n" >"$fragment.out" 2>"$fragment.err"; then
+        tail -20 "$fragment.err" >&2
+        echo "callgrind run of --evict-instructions $policy $n failed" >&2
+        exit 1
+      fi
+      evicted="$(sed -n 's/.* evicted=\([0-9][0-9]*\).*/\1/p' "$fragment.out")"
+      ir="$(sed -n 's/^summary: *\([0-9][0-9]*\).*/\1/p' "$fragment.cg")"
+      if [ -z "$evicted" ] || [ -z "$ir" ] || [ "$ir" = 0 ]; then
+        echo "no instruction count for $policy $n (evicted='$evicted', summary='$ir')" >&2
+        exit 1
+      fi
+      per+=("$(awk -v i="$ir" -v e="$evicted" 'BEGIN { printf "%.0f", i / e }')")
+    done
+    case "$policy" in
+      lru) what="kvbm \`lru\`" ;;
+      lineage) what="kvbm \`lineage\` (tick), chains of 32" ;;
+      baseline) what="baseline (LRU list + \`std::unordered_map\`)" ;;
+    esac
+    ratio="$(awk -v a="${per[0]}" -v b="${per[1]}" 'BEGIN { printf "%.2f", b / a }')"
+    instr_table+="
+| $what | ${per[0]} | ${per[1]} | ${ratio}x |"
+  done
+  echo
+  echo "instructions per evicted block (allocate_blocks(32) + drop, callgrind):"
+  echo "$instr_table"
+  echo
+fi
+
+if [ "$quick" = 1 ] || [ -n "$only" ]; then
+  echo "(--quick / --only: $out not rewritten)"
   exit 0
 fi
 
@@ -98,12 +155,31 @@ five runs of 9 repetitions each, median of the five medians:
 | without | ${intent_without} |
 | cost | ${intent_pct} % (target: < 10 %) |
 EOF
+  if [ -n "$instr_table" ]; then
+    cat <<EOF
+
+### Instructions per evicted block (callgrind)
+
+Case 4's eviction counted in instructions, which depend neither on the load of the machine nor
+on cache and TLB misses: what the eviction code does, not how long its memory accesses take.
+\`kvbm-bench --evict-instructions POLICY N\` fills a pool of N blocks as case 4 does (\`lineage\`:
+chains of 32), runs 8 uncounted warm-up rounds, then 64 calls of \`evict_round\` (a function never
+inlined: \`allocate_blocks(32)\`, 32 evictions, then the drop of the 32 mutable blocks), each
+followed by case 4's refill. It runs under
+\`valgrind --tool=callgrind --toggle-collect='*evict_round*'\`, so only the instructions executed
+inside \`evict_round\` (and what it calls) are counted; the value is callgrind's \`summary:\`
+total divided by the 2048 evicted blocks. O(1) shows as 1.00x, O(log n) as a growth that follows
+log(n) (the lineage leaf heap holds about N / 32 leaves: log2 is 8.3 at 10k, 14.9 at 1M).
+
+${instr_table}
+EOF
+  fi
   cat <<'EOF'
 
 ## How each case is measured
 
-**Common rules.** Every segment is created with `EvictionPolicy::kLru`, block size 16, no payload
-and `DuplicationPolicy::kAllow`, under the name `kvbm-bench-<pid>-<case>`, and destroyed at the
+**Common rules.** Every segment is created with `EvictionPolicy::kLru` (the lineage rows of case
+4 excepted), block size 16, no payload and `DuplicationPolicy::kAllow`, under the name `kvbm-bench-<pid>-<case>`, and destroyed at the
 end (segments of earlier runs whose process is gone are removed at start). Unless a case says
 otherwise, each case runs one warm-up and then R = 15 repetitions of kvbm and of the baseline,
 interleaved (ABBA order) so that load on the machine hits both; the value reported is the median
@@ -140,7 +216,16 @@ the count. Its handles hold a `shared_ptr` to the pool, as kvbm's hold one to th
    and dropped back into the inactive pool. 64 iterations per repetition; only the timed parts
    are summed (two clock reads per 32 blocks, about 1 ns per block). Row 4d is the kvbm median
    at 1M divided by the median at 10k; "flat" is read here as at most 1.5x (this harness's
-   threshold, not one from DESIGN.md).
+   threshold, not one from DESIGN.md). Rows 4e-4h do the same with a segment created with
+   `EvictionPolicy::kLineage` (`LineageOrder::kTick`, the library's default policy). Its fill
+   and refill register whole chains of 32 blocks (`SequenceHash::make(counter, parent's counter,
+   position)`, positions 0-31, like the prompt of one request), so the prefix tree is a forest of
+   about N / 32 independent chains with one leaf each (the tip), and the oldest chain is evicted
+   from its tip to its root: each eviction removes the leaf from the leaf heap and puts its
+   parent there, O(log N) in the heap. At 10k the fill ends with a chain of 16, so from then on
+   a batch of 32 evictions spans two chains. The baseline column of 4e-4g is the same LRU
+   baseline pool as in 4a-4c, measured again interleaved with the lineage repetitions (there is
+   no in-process lineage baseline); 4h is the lineage counterpart of 4d.
 5. **Two processes.** A 131072-block segment. Per repetition (R of them): one forked process,
    then two at once; each opens the segment (its own process entry), warms up with one pass of
    cycles over the whole segment (so this fresh process's first-touch page faults on the mapping

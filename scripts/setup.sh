@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kvbm needs (DESIGN.md section 1), only those missing.
 # Idempotent and quiet when nothing is missing. Needs root (or sudo) only when installing.
+# Arguments name extra packages one script alone needs (scripts/bench.sh: valgrind).
 set -euo pipefail
 
 PACKAGES=(
   g++ cmake make
   libboost-dev libfmt-dev libcli11-dev catch2 libxxhash-dev
   nlohmann-json3-dev libexpected-dev libbenchmark-dev
+  "$@"
 )
 
 missing=()

@@ -7,7 +7,8 @@
 // server), so both kvbm and the baseline run in a multi-threaded process (libstdc++ uses atomic
 // reference counts and real mutex calls only then).
 //
-// Usage: kvbm-bench [--reps N] [--quick] [--markdown FILE]
+// Usage: kvbm-bench [--reps N] [--quick] [--only CASES] [--markdown FILE] [--csv FILE]
+//        kvbm-bench --evict-instructions lru|lineage|baseline N   (for callgrind, see bench.sh)
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -96,13 +97,17 @@ std::string segment_name(const std::string& which) {
   return fmt::format("kvbm-bench-{}-{}", ::getpid(), which);
 }
 
-std::shared_ptr<BlockManager> create_segment(const std::string& which, std::uint32_t blocks) {
+std::shared_ptr<BlockManager> create_segment(
+    const std::string& which,
+    std::uint32_t blocks,
+    kvbm::EvictionPolicy policy = kvbm::EvictionPolicy::kLru) {
   const std::string name = segment_name(which);
   (void)BlockManager::destroy(name);  // left over from an earlier run with the same pid
   kvbm::SegmentConfig cfg;
   cfg.name = name;
   cfg.block_count = blocks;
-  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  cfg.eviction = policy;
+  cfg.lineage_order = kvbm::LineageOrder::kTick;  // the default; only read by kLineage
   auto m = BlockManager::create(cfg);
   if (!m) {
     die(fmt::format("cannot create segment {}: {}", name, m.error()));
@@ -240,6 +245,30 @@ std::vector<SequenceHash> fresh_hashes(std::size_t n) {
   return v;
 }
 
+/// How the hashes of a batch relate to each other in the lineage tree.
+enum class Shape {
+  kSingle,  // independent blocks: position 0, no parent (every block a root and a leaf)
+  kChain,   // chains of kBatch blocks, positions 0..31, each block the parent of the next
+};
+
+/// `n` new hashes of `shape`; kChain starts a new chain at every multiple of kBatch, so each
+/// batch of a cycle registers one whole chain (one request's prompt of 32 blocks).
+std::vector<SequenceHash> new_hashes(std::size_t n, Shape shape) {
+  if (shape == Shape::kSingle) {
+    return fresh_hashes(n);
+  }
+  std::vector<SequenceHash> v;
+  v.reserve(n);
+  std::uint64_t parent = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto pos = static_cast<std::uint32_t>(i % kBatch);
+    const std::uint64_t current = g_next_hash++;
+    v.push_back(SequenceHash::make(current, pos == 0 ? std::nullopt : std::optional(parent), pos));
+    parent = current;
+  }
+  return v;
+}
+
 // --- the operations, written once for kvbm::BlockManager and baseline::Pool ---------------------
 
 template <class M>
@@ -288,8 +317,8 @@ void cycle(M& m, const SequenceHash* h, std::size_t iters, std::size_t batch = k
 
 /// Fills the whole pool with registered, inactive blocks (free list empty, inactive pool full).
 template <class M>
-void fill_inactive(M& m, std::size_t n) {
-  auto h = fresh_hashes(n);
+void fill_inactive(M& m, std::size_t n, Shape shape = Shape::kSingle) {
+  auto h = new_hashes(n, shape);
   cycle(m, h.data(), n / kBatch);
   if (n % kBatch != 0) {
     cycle(m, h.data() + (n / kBatch) * kBatch, 1, n % kBatch);
@@ -340,21 +369,35 @@ double rep_match(M& m, std::span<const SequenceHash> h, std::size_t iters) {
   return static_cast<double>(t1 - t0) / static_cast<double>(iters * h.size());
 }
 
-// Case 4: allocate_blocks(32) with an empty free list and a full inactive pool (32 evictions),
-// then drop the 32 mutable blocks (to Reset): timed. Refill (re-register those 32 blocks under
-// fresh hashes and drop them to the inactive pool): untimed.
+/// allocate_blocks(32) with an empty free list and a full inactive pool (32 evictions), then
+/// drop the 32 mutable blocks (to Reset).
 template <class M>
-double rep_evict(M& m, std::size_t iters) {
-  auto refill = fresh_hashes(iters * kBatch);
+void evict_batch(M& m) {
+  auto b = m.allocate_blocks(kBatch);
+  if (!b || b->size() != kBatch) {
+    die("allocate_blocks failed under pressure");
+  }
+}
+
+// --evict-instructions: one evict_batch in a function of its own that is never inlined, so that
+// callgrind's --toggle-collect counts exactly its instructions (and those of what it calls), not
+// the refill around it.
+__attribute__((noinline)) void evict_round(BlockManager& m) {
+  evict_batch(m);
+}
+__attribute__((noinline)) void evict_round(baseline::Pool& p) {
+  evict_batch(p);
+}
+
+// Case 4: evict_batch timed. Refill (re-register those 32 blocks under new hashes of `shape` and
+// drop them to the inactive pool): untimed.
+template <class M>
+double rep_evict(M& m, std::size_t iters, Shape shape = Shape::kSingle) {
+  auto refill = new_hashes(iters * kBatch, shape);
   std::int64_t timed = 0;
   for (std::size_t it = 0; it < iters; ++it) {
     const std::int64_t t0 = now_ns();
-    {
-      auto b = m.allocate_blocks(kBatch);
-      if (!b) {
-        die("allocate_blocks failed under pressure");
-      }
-    }
+    evict_batch(m);
     timed += now_ns() - t0;
     cycle(m, refill.data() + it * kBatch, 1);
   }
@@ -673,7 +716,9 @@ struct Options {
   bool quick = false;
   std::string only;  // e.g. "1,4": run only these cases (6-8 then build what they need)
   std::string markdown;
-  std::string csv;  // "id,kvbm_median,baseline_median" per row, for scripts
+  std::string csv;           // "id,kvbm_median,baseline_median" per row, for scripts
+  std::string evict_policy;  // --evict-instructions: "lru", "lineage" or "baseline"
+  std::uint32_t evict_blocks = 0;
 };
 
 void check(bool ok, const char* what) {
@@ -792,38 +837,85 @@ void case_match(Context& cx) {
   destroy_segment(m);
 }
 
-// Case 4, at 10k, 100k and 1M blocks; the 10k and 1M segments stay for cases 6-8.
+/// Row `id`: kvbm median at the largest pool / median at 10k, "flat" read as <= 1.5x.
+Row flatness_row(const std::string& id, const std::string& what, double first, double last) {
+  Row flat = make_row(id, what, Unit::kRatio);
+  flat.kvbm = Stats{last / first, last / first, last / first, 1};
+  flat.target = "flat (<= 1.5x)";
+  flat.show_ratio = false;
+  flat.met = last / first <= 1.5;
+  if (!*flat.met) {
+    flat.miss_reason =
+        fmt::format("the largest pool costs {:.2f}x the 10k pool per eviction", last / first);
+  }
+  return flat;
+}
+
+// Case 4, at 10k, 100k and 1M blocks: rows 4a-4d with the LRU backend, 4e-4h with the lineage
+// backend (the library's default), both paired with the same LRU baseline pool of each size. The
+// 10k and 1M LRU segments stay for cases 6-8.
 void case_evict(Context& cx) {
   const std::vector<std::uint32_t> sizes{10000, 100000, cx.big_n()};
   const std::size_t iters = 64;  // 2048 evictions per repetition
-  const char* ids[] = {"4a", "4b", "4c"};
-  double first = 0;
-  double last = 0;
+  const char* lru_ids[] = {"4a", "4b", "4c"};
+  const char* lineage_ids[] = {"4e", "4f", "4g"};
+  std::vector<Row> lru_rows;
+  std::vector<Row> lineage_rows;
+  double lru_first = 0;
+  double lru_last = 0;
+  double lineage_first = 0;
+  double lineage_last = 0;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const std::uint32_t n = sizes[i];
     if (i > 0 && n == sizes[i - 1]) {
       continue;
     }
-    say(fmt::format("case 4: eviction under pressure, {} blocks (filling)", n));
+    say(fmt::format("case 4: eviction under pressure, {} blocks, lru (filling)", n));
     auto m = create_segment(fmt::format("evict{}", n), n);
     auto pool = baseline::Pool::create(n);
     fill_inactive(*m, n);
     fill_inactive(*pool, n);
     check(m->counts().inactive == n && m->counts().reset == 0, "case 4 fill (kvbm)");
     check(pool->inactive_count() == n && pool->free_count() == 0, "case 4 fill (baseline)");
-    say(fmt::format("case 4: eviction under pressure, {} blocks (timing)", n));
+    say(fmt::format("case 4: eviction under pressure, {} blocks, lru (timing)", n));
     auto [k, b] = paired(
         cx.opt.reps, [&] { return rep_evict(*m, iters); }, [&] { return rep_evict(*pool, iters); });
-    Row r = make_row(ids[i], fmt::format("evict: alloc(32) + drop, pool of {}", cx.label(n)),
+    Row r = make_row(lru_ids[i], fmt::format("evict: alloc(32) + drop, pool of {}", cx.label(n)),
                      Unit::kNsPerBlock, k, b);
     r.target = "<= 60 ns";
     target_max(r, 60, "60 ns");
-    cx.rows.push_back(r);
+    lru_rows.push_back(r);
     check(m->counts().inactive == n, "case 4 end state");
     if (i == 0) {
-      first = k.median;
+      lru_first = k.median;
     }
-    last = k.median;
+    lru_last = k.median;
+
+    // The same with the lineage backend. Fill and refill register whole chains of 32 blocks, so
+    // the tree is a forest of about n / 32 independent chains with one leaf each, and evictions
+    // take the oldest chain from its tip to its root.
+    say(fmt::format("case 4: eviction under pressure, {} blocks, lineage (filling)", n));
+    auto lm = create_segment(fmt::format("evict-lineage{}", n), n, kvbm::EvictionPolicy::kLineage);
+    fill_inactive(*lm, n, Shape::kChain);
+    check(lm->counts().inactive == n && lm->counts().reset == 0, "case 4 fill (lineage)");
+    say(fmt::format("case 4: eviction under pressure, {} blocks, lineage (timing)", n));
+    auto [lk, lb] = paired(
+        cx.opt.reps, [&] { return rep_evict(*lm, iters, Shape::kChain); },
+        [&] { return rep_evict(*pool, iters); });
+    Row lr = make_row(lineage_ids[i],
+                      fmt::format("evict, lineage: alloc(32) + drop, pool of {}", cx.label(n)),
+                      Unit::kNsPerBlock, lk, lb);
+    lr.base_label = "LRU baseline";
+    lr.target = "<= 60 ns";
+    target_max(lr, 60, "60 ns");
+    lineage_rows.push_back(lr);
+    check(lm->counts().inactive == n, "case 4 end state (lineage)");
+    destroy_segment(lm);
+    if (i == 0) {
+      lineage_first = lk.median;
+    }
+    lineage_last = lk.median;
+
     if (n == 10000) {
       cx.seg10k = m;
     } else if (n == cx.big_n()) {
@@ -833,17 +925,14 @@ void case_evict(Context& cx) {
       destroy_segment(m);
     }
   }
-  Row flat = make_row("4d", fmt::format("flatness: {} / 10k (kvbm medians)", cx.label(cx.big_n())),
-                      Unit::kRatio);
-  flat.kvbm = Stats{last / first, last / first, last / first, 1};
-  flat.target = "flat (<= 1.5x)";
-  flat.show_ratio = false;
-  flat.met = last / first <= 1.5;
-  if (!*flat.met) {
-    flat.miss_reason =
-        fmt::format("the largest pool costs {:.2f}x the 10k pool per eviction", last / first);
-  }
-  cx.rows.push_back(flat);
+  const std::string big = cx.label(cx.big_n());
+  cx.rows.insert(cx.rows.end(), lru_rows.begin(), lru_rows.end());
+  cx.rows.push_back(flatness_row("4d", fmt::format("flatness: {} / 10k (kvbm medians)", big),
+                                 lru_first, lru_last));
+  cx.rows.insert(cx.rows.end(), lineage_rows.begin(), lineage_rows.end());
+  cx.rows.push_back(flatness_row("4h",
+                                 fmt::format("flatness, lineage: {} / 10k (kvbm medians)", big),
+                                 lineage_first, lineage_last));
 }
 
 // Case 5: 1 process, then 2 processes at once, each running case 1's cycle `iters` times from a
@@ -1024,6 +1113,14 @@ void case_recovery(Context& cx) {
 
 // --- main ---------------------------------------------------------------------------------------
 
+[[noreturn]] void usage() {
+  std::fprintf(stderr,
+               "usage: kvbm-bench [--reps N] [--quick] [--only CASES e.g. 1,4] "
+               "[--markdown FILE] [--csv FILE]\n"
+               "       kvbm-bench --evict-instructions lru|lineage|baseline BLOCKS\n");
+  std::exit(2);
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -1038,11 +1135,16 @@ Options parse(int argc, char** argv) {
       o.markdown = argv[++i];
     } else if (a == "--csv" && i + 1 < argc) {
       o.csv = argv[++i];
+    } else if (a == "--evict-instructions" && i + 2 < argc) {
+      o.evict_policy = argv[++i];
+      o.evict_blocks = static_cast<std::uint32_t>(std::strtoul(argv[++i], nullptr, 10));
+      if ((o.evict_policy != "lru" && o.evict_policy != "lineage" &&
+           o.evict_policy != "baseline") ||
+          o.evict_blocks < kBatch) {
+        usage();
+      }
     } else {
-      std::fprintf(stderr,
-                   "usage: kvbm-bench [--reps N] [--quick] [--only CASES e.g. 1,4] "
-                   "[--markdown FILE] [--csv FILE]\n");
-      std::exit(2);
+      usage();
     }
   }
   if (o.quick) {
@@ -1051,7 +1153,53 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+/// --evict-instructions: a pool of `blocks` blocks with `policy` filled as in case 4, then
+/// kEvictRounds calls of evict_round, each followed by case 4's refill. Meant to run under
+/// `valgrind --tool=callgrind --toggle-collect='*evict_round*'` (scripts/bench.sh): the count
+/// of instructions does not depend on the load of the machine, unlike case 4's times.
+int run_evict_instructions(const std::string& policy, std::uint32_t blocks) {
+  constexpr std::size_t kWarmRounds = 8;  // not counted: first calls, lazy PLT binding
+  constexpr std::size_t kEvictRounds = 64;
+  auto rounds = [&](auto& m, Shape shape) {
+    const auto h = new_hashes((kWarmRounds + kEvictRounds) * kBatch, shape);
+    for (std::size_t r = 0; r < kWarmRounds + kEvictRounds; ++r) {
+      if (r < kWarmRounds) {
+        evict_batch(m);
+      } else {
+        evict_round(m);
+      }
+      cycle(m, h.data() + r * kBatch, 1);
+    }
+  };
+  if (policy == "baseline") {
+    auto pool = baseline::Pool::create(blocks);
+    fill_inactive(*pool, blocks);
+    rounds(*pool, Shape::kSingle);
+    check(pool->inactive_count() == blocks && pool->free_count() == 0, "baseline end state");
+  } else {
+    const bool lineage = policy == "lineage";
+    const Shape shape = lineage ? Shape::kChain : Shape::kSingle;
+    auto m = create_segment("instructions", blocks,
+                            lineage ? kvbm::EvictionPolicy::kLineage : kvbm::EvictionPolicy::kLru);
+    fill_inactive(*m, blocks, shape);
+    rounds(*m, shape);
+    const auto c = m->counts();
+    check(c.inactive == blocks && c.reset == 0, "end state");
+    check(m->metrics().evictions_total ==
+              static_cast<std::int64_t>((kWarmRounds + kEvictRounds) * kBatch),
+          "every allocation evicted");
+    destroy_segment(m);
+  }
+  // One line for scripts/bench.sh: it divides the collected instructions by `evicted`.
+  fmt::print("evict-instructions policy={} blocks={} calls={} evicted={}\n", policy, blocks,
+             kEvictRounds, kEvictRounds * kBatch);
+  return 0;
+}
+
 int run(const Options& opt) {
+  if (!opt.evict_policy.empty()) {
+    return run_evict_instructions(opt.evict_policy, opt.evict_blocks);
+  }
   Context cx;
   cx.opt = opt;
   cx.scale = opt.quick ? 8 : 1;
