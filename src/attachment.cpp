@@ -15,13 +15,15 @@
 #include "process_table.hpp"
 
 namespace kvbm::detail {
+
+std::atomic<std::uint64_t> g_fork_generation{0};
+
 namespace {
 
 // Fork handling: the child must not use (or keep alive) the parent's attachments. The child
 // handler bumps the fork generation (every inherited Attachment then refuses to work) and closes
 // the inherited liveness fds, so a child that outlives its parent does not keep the parent's
 // entries looking alive (OFD locks are inherited through fork).
-std::atomic<std::uint64_t> g_fork_generation{0};
 std::mutex g_fds_mu;
 std::vector<int>& live_fds() {
   static auto* fds = new std::vector<int>();  // leaked on purpose: used by atfork handlers
@@ -123,32 +125,20 @@ Attachment::~Attachment() {
   // ~Segment unmaps and closes the fd (dropping the liveness lock) after the mutex was released.
 }
 
-bool Attachment::forked() const noexcept {
-  return fork_generation_ != g_fork_generation.load(std::memory_order_relaxed);
+void Attachment::throw_forked() {
+  throw std::logic_error("kvbm: attachment belongs to the parent process; open the segment again");
 }
 
-void Attachment::check_fork() const {
-  if (forked()) {
-    throw std::logic_error(
-        "kvbm: attachment belongs to the parent process; open the segment again");
-  }
-}
-
-Attachment::Lock Attachment::lock_unfenced() {
-  check_fork();
+Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
   auto* header = seg_->header();
   auto& mu = seg_->control()->mutex;
-  const auto poisoned = [&] {
-    return header->init_state.load(std::memory_order_acquire) ==
-           static_cast<std::uint32_t>(shm::InitState::kPoisoned);
-  };
-  if (poisoned()) {
+  if (raw == EBUSY && poisoned()) {
     throw segment_error(Errc::kCorrupted,
                         fmt::format("segment '{}' is poisoned (a crash recovery failed); run "
                                     "'kvbm-ctl repair {}'",
                                     config().name, config().name));
   }
-  switch (mu.lock()) {
+  switch (mu.lock_after(raw)) {
     case shm::LockStatus::kOk:
       break;
     case shm::LockStatus::kOwnerDead: {
@@ -186,22 +176,15 @@ Attachment::Lock Attachment::lock_unfenced() {
     mu.unlock();
     throw segment_error(Errc::kCorrupted, fmt::format("segment '{}' is poisoned", config().name));
   }
-  return Lock(&mu);
-}
-
-Attachment::Lock Attachment::lock() {
-  Lock l = lock_unfenced();
-  const auto& e = seg_->procs()[me_];
-  if (e.incarnation.load(std::memory_order_relaxed) != incarnation_ ||
-      e.state.load(std::memory_order_relaxed) !=
-          static_cast<std::uint32_t>(shm::ProcState::kLive)) {
+  if (fence && fenced()) {
+    mu.unlock();
     throw segment_error(
         Errc::kFenced,
         fmt::format("this process's attachment to '{}' (entry {}) was reclaimed by another "
                     "process; its blocks are gone; open the segment again",
                     config().name, me_));
   }
-  return l;
+  return Lock(&mu);
 }
 
 std::optional<Attachment::Lock> Attachment::lock_quiet() noexcept {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -21,6 +22,9 @@
 #include "segment.hpp"
 
 namespace kvbm::detail {
+
+/// Bumped in a fork child: every Attachment inherited from the parent then refuses to work.
+extern std::atomic<std::uint64_t> g_fork_generation;
 
 class Attachment {
  public:
@@ -49,8 +53,20 @@ class Attachment {
   };
 
   /// Throws std::logic_error in a fork child, SegmentError if poisoned, fenced or on a system
-  /// error.
-  Lock lock();
+  /// error. Inline: the uncontended case is one trylock and three loads.
+  Lock lock() {
+    check_fork();
+    auto& mu = seg_->control()->mutex;
+    int raw = 0;
+    if (mu.try_lock_fast(raw)) {
+      if (!poisoned() && !fenced()) {
+        return Lock(&mu);
+      }
+      mu.unlock();
+      raw = EBUSY;  // start over on the slow path, which reports the problem
+    }
+    return lock_slow(raw, /*fence=*/true);
+  }
   /// For destructors: nullopt instead of throwing.
   std::optional<Lock> lock_quiet() noexcept;
 
@@ -71,7 +87,9 @@ class Attachment {
   const SegmentConfig& config() const { return seg_->config(); }
   std::uint32_t me() const { return me_; }
   std::uint64_t incarnation() const { return incarnation_; }
-  bool forked() const noexcept;
+  bool forked() const noexcept {
+    return fork_generation_ != g_fork_generation.load(std::memory_order_relaxed);
+  }
   /// Whether this attachment's entry was reclaimed (lock() then throws kFenced). Lock-free.
   bool fenced() const noexcept {
     const auto& e = seg_->procs()[me_];
@@ -79,7 +97,11 @@ class Attachment {
            e.state.load(std::memory_order_acquire) !=
                static_cast<std::uint32_t>(shm::ProcState::kLive);
   }
-  void check_fork() const;
+  void check_fork() const {
+    if (forked()) {
+      throw_forked();
+    }
+  }
   std::atomic<std::uint32_t>& local(std::uint32_t slot) { return local_[slot]; }
   std::uint32_t slot_generation(std::uint32_t slot) const {
     return seg_->slots()[slot].generation.load(std::memory_order_acquire);
@@ -99,7 +121,18 @@ class Attachment {
  private:
   explicit Attachment(std::unique_ptr<Segment> segment);
   /// Lock without the fencing check (attach, detach).
-  Lock lock_unfenced();
+  Lock lock_unfenced() {
+    check_fork();
+    return lock_slow(EBUSY, /*fence=*/false);
+  }
+  /// Everything but the uncontended case: waiting, recovery after EOWNERDEAD, poisoning,
+  /// fencing errors. `raw` is the first trylock's result (EBUSY = not held yet).
+  Lock lock_slow(int raw, bool fence);
+  bool poisoned() const noexcept {
+    return seg_->header()->init_state.load(std::memory_order_acquire) ==
+           static_cast<std::uint32_t>(shm::InitState::kPoisoned);
+  }
+  [[noreturn]] static void throw_forked();
 
   std::unique_ptr<Segment> seg_;
   std::unique_ptr<BlockStore> store_;

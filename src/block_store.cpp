@@ -158,7 +158,10 @@ void BlockStore::to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept {
   m.reset_on_release = default_ror_;
   m.backend_flags = 0;
   m.generation.store(m.generation.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  store_hash(m, shm::kNoHashHi, shm::kNoHashLo);  // stage_lock_free claims the hash from this
+  // stage_lock_free claims the hash from this marker. Plain stores suffice: a stray claim can
+  // only land once the marker is complete, and then it is as harmless as on any Mutable slot.
+  m.hash_hi = shm::kNoHashHi;
+  m.hash_lo = shm::kNoHashLo;
 }
 
 void BlockStore::release_primary(std::uint32_t slot) noexcept {

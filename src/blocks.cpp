@@ -63,7 +63,7 @@ MutableBlock& MutableBlock::operator=(MutableBlock&& o) noexcept {
   return *this;
 }
 
-MutableBlock::~MutableBlock() {
+void MutableBlock::release() noexcept {
   release_exclusive(att_, id_, gen_);
 }
 
@@ -119,7 +119,7 @@ CompleteBlock& CompleteBlock::operator=(CompleteBlock&& o) noexcept {
   return *this;
 }
 
-CompleteBlock::~CompleteBlock() {
+void CompleteBlock::release() noexcept {
   release_exclusive(att_, id_, gen_);
 }
 
@@ -169,10 +169,6 @@ ImmutableBlock& ImmutableBlock::operator=(ImmutableBlock&& o) noexcept {
     hash_ = o.hash_;
   }
   return *this;
-}
-
-ImmutableBlock::~ImmutableBlock() {
-  release();
 }
 
 void ImmutableBlock::release() noexcept {

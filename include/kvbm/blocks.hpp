@@ -39,7 +39,11 @@ class MutableBlock {
   MutableBlock& operator=(MutableBlock&& other) noexcept;
   MutableBlock(const MutableBlock&) = delete;
   MutableBlock& operator=(const MutableBlock&) = delete;
-  ~MutableBlock();
+  ~MutableBlock() {
+    if (att_) {
+      release();  // out of line: empty (moved-from) guards cost one test
+    }
+  }
 
   explicit operator bool() const { return att_ != nullptr; }
   BlockId block_id() const { return id_; }
@@ -54,6 +58,7 @@ class MutableBlock {
 
  private:
   friend struct detail::HandleAccess;
+  void release() noexcept;
   std::shared_ptr<detail::Attachment> att_;
   BlockId id_ = 0;
   std::uint32_t gen_ = 0;
@@ -87,7 +92,11 @@ class CompleteBlock {
   CompleteBlock& operator=(CompleteBlock&& other) noexcept;
   CompleteBlock(const CompleteBlock&) = delete;
   CompleteBlock& operator=(const CompleteBlock&) = delete;
-  ~CompleteBlock();
+  ~CompleteBlock() {
+    if (att_) {
+      release();
+    }
+  }
 
   explicit operator bool() const { return att_ != nullptr; }
   BlockId block_id() const { return id_; }
@@ -98,6 +107,7 @@ class CompleteBlock {
 
  private:
   friend struct detail::HandleAccess;
+  void release() noexcept;
   std::shared_ptr<detail::Attachment> att_;
   BlockId id_ = 0;
   std::uint32_t gen_ = 0;
@@ -113,7 +123,11 @@ class ImmutableBlock {
   ImmutableBlock& operator=(const ImmutableBlock& other);
   ImmutableBlock(ImmutableBlock&& other) noexcept;
   ImmutableBlock& operator=(ImmutableBlock&& other) noexcept;
-  ~ImmutableBlock();
+  ~ImmutableBlock() {
+    if (att_) {
+      release();
+    }
+  }
 
   explicit operator bool() const { return att_ != nullptr; }
   BlockId block_id() const { return id_; }

@@ -55,6 +55,19 @@ struct RobustMutex {
     return status(r);
   }
   LockStatus try_lock() noexcept { return status(pthread_mutex_trylock(&m)); }
+  /// The uncontended case of lock(): true if the mutex is now held and consistent. Otherwise
+  /// `raw` is pthread_mutex_trylock's result for lock_after(): EOWNERDEAD means it IS held.
+  bool try_lock_fast(int& raw) noexcept {
+    raw = pthread_mutex_trylock(&m);
+    return raw == 0;
+  }
+  /// lock(), continuing from a try_lock_fast() that returned false with `raw`.
+  LockStatus lock_after(int raw) noexcept {
+    if (raw != EBUSY) {
+      return status(raw);
+    }
+    return lock();
+  }
   /// Bounded wait (CLOCK_REALTIME deadline), for tools that must never hang on a live holder.
   LockStatus timed_lock(const timespec& deadline) noexcept {
     return status(pthread_mutex_timedlock(&m, &deadline));
