@@ -209,6 +209,14 @@ void BlockStore::allocate(std::size_t n,
         break;  // unreachable: the caller checked the pool sizes under this lock
       }
       ++from_inactive;
+      // A later victim's hash-index bucket is a likely cache (and TLB) miss in a large segment:
+      // start loading it now, so the misses of consecutive evictions overlap.
+      constexpr std::uint32_t kAhead = 4;
+      if (i + kAhead < n) {
+        if (const std::uint32_t later = backend_->peek_victim(kAhead - 1); later != kNil) {
+          index_.prefetch(slots_[later].hash_hi, slots_[later].hash_lo);
+        }
+      }
       index_.erase(slots_[s].hash_hi, slots_[s].hash_lo, s);
       if (evicted != nullptr) {
         evicted->push_back(hash_of(s));

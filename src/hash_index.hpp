@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // HashIndex: view over the segment's open-addressing table (sequence hash -> the one Primary or
-// Inactive slot of that hash). Linear probing, bucket = fastrange(mix(hash)), backward-shift
-// deletion (no tombstones, so probe lengths never degrade). Callers hold the store mutex.
+// Inactive slot of that hash). Linear probing, backward-shift deletion (no tombstones, so probe
+// lengths never degrade). An entry's home bucket is derived from its 32-bit tag alone
+// (fastrange of the tag), so deletion moves entries without reading their slots: at a million
+// blocks every slot read is a cache miss. Callers hold the store mutex.
 #pragma once
 
 #include <cstdint>
@@ -27,9 +29,8 @@ class HashIndex {
       : b_(buckets), cap_(capacity), slots_(slots) {}
 
   std::uint32_t find(std::uint64_t hi, std::uint64_t lo) const {
-    const std::uint64_t m = hash_mix(hi, lo);
-    const auto tag = static_cast<std::uint32_t>(m);
-    for (std::uint32_t i = home(m);; i = next(i)) {
+    const auto tag = static_cast<std::uint32_t>(hash_mix(hi, lo));
+    for (std::uint32_t i = home(tag);; i = next(i)) {
       const shm::IndexEntry e = b_[i];
       if (e.slot == shm::kNil) {
         return shm::kNil;
@@ -42,18 +43,17 @@ class HashIndex {
 
   /// Requires: the hash is absent and the table is not full (capacity >= 2 x block_count).
   void insert(std::uint64_t hi, std::uint64_t lo, std::uint32_t slot) {
-    const std::uint64_t m = hash_mix(hi, lo);
-    std::uint32_t i = home(m);
+    const auto tag = static_cast<std::uint32_t>(hash_mix(hi, lo));
+    std::uint32_t i = home(tag);
     while (b_[i].slot != shm::kNil) {
       i = next(i);
     }
-    b_[i] = shm::IndexEntry{slot, static_cast<std::uint32_t>(m)};
+    b_[i] = shm::IndexEntry{slot, tag};
   }
 
   /// Removes the bucket pointing at `slot` (found through its hash); no-op if absent.
   void erase(std::uint64_t hi, std::uint64_t lo, std::uint32_t slot) {
-    const std::uint64_t m = hash_mix(hi, lo);
-    std::uint32_t i = home(m);
+    std::uint32_t i = home(static_cast<std::uint32_t>(hash_mix(hi, lo)));
     while (b_[i].slot != slot) {
       if (b_[i].slot == shm::kNil) {
         return;
@@ -67,7 +67,7 @@ class HashIndex {
       if (e.slot == shm::kNil) {
         break;
       }
-      const std::uint32_t h = home_of(e.slot);
+      const std::uint32_t h = home(e.tag);
       const bool movable = hole <= j ? (h <= hole || h > j) : (h <= hole && h > j);
       if (movable) {
         b_[hole] = e;
@@ -86,15 +86,19 @@ class HashIndex {
   std::uint32_t capacity() const { return cap_; }
   const shm::IndexEntry& bucket(std::uint32_t i) const { return b_[i]; }
   std::uint32_t home_of(std::uint32_t slot) const {
-    return home(hash_mix(slots_[slot].hash_hi, slots_[slot].hash_lo));
+    return home(tag_of(slots_[slot].hash_hi, slots_[slot].hash_lo));
+  }
+  /// Starts loading the bucket a lookup of this hash reads first (an eviction about to erase it).
+  void prefetch(std::uint64_t hi, std::uint64_t lo) const {
+    __builtin_prefetch(&b_[home(tag_of(hi, lo))], 1);
   }
   static std::uint32_t tag_of(std::uint64_t hi, std::uint64_t lo) {
     return static_cast<std::uint32_t>(hash_mix(hi, lo));
   }
 
  private:
-  std::uint32_t home(std::uint64_t m) const {
-    return static_cast<std::uint32_t>((static_cast<unsigned __int128>(m) * cap_) >> 64);
+  std::uint32_t home(std::uint32_t tag) const {
+    return static_cast<std::uint32_t>((std::uint64_t{tag} * cap_) >> 32);
   }
   std::uint32_t next(std::uint32_t i) const { return i + 1 == cap_ ? 0 : i + 1; }
 

@@ -31,6 +31,10 @@ class InactiveBackend {
   virtual void remove(std::uint32_t slot) = 0;
   /// Removes and returns the next victim, kNil if the pool is empty.
   virtual std::uint32_t pop_victim() = 0;
+  /// The victim that the (ahead+1)-th next pop_victim() would return, if the backend can tell
+  /// cheaply without changing anything (kNil otherwise). Only a hint: evictions prefetch its
+  /// slot and hash-index bucket a few victims ahead.
+  virtual std::uint32_t peek_victim(std::uint32_t /*ahead*/) const { return 0xFFFFFFFFu; }
   virtual std::uint64_t size() const = 0;
   /// Rebuilds the backend's structures from the Inactive slots.
   virtual void rebuild() = 0;

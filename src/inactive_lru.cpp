@@ -21,6 +21,13 @@ class LruBackend final : public InactiveBackend {
   void insert(std::uint32_t slot) override { list_push_back(list_, slots_, slot); }
   void remove(std::uint32_t slot) override { list_unlink(list_, slots_, slot); }
   std::uint32_t pop_victim() override { return list_pop_front(list_, slots_); }
+  std::uint32_t peek_victim(std::uint32_t ahead) const override {
+    std::uint32_t s = list_.head;
+    for (; ahead > 0 && s != shm::kNil; --ahead) {
+      s = slots_[s].next;
+    }
+    return s;
+  }
   std::uint64_t size() const override { return list_.length; }
 
   void rebuild() override {
