@@ -219,6 +219,9 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
   const DuplicationPolicy policy = config().duplication;
   att_->run(IntentOp::kRegister, [&](detail::BlockStore& store) {
     for (const CompleteBlock& b : blocks) {
+      store.prefetch_lookup(b.sequence_hash());
+    }
+    for (const CompleteBlock& b : blocks) {
       if (!store.is_staged_by(HandleAccess::grant(b), att_->me())) {
         throw std::invalid_argument(fmt::format(
             "kvbm: CompleteBlock {} is no longer staged by this process", b.block_id()));
@@ -248,6 +251,9 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
   grants.reserve(hashes.size());
   att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
     for (const SequenceHash& h : hashes) {
+      store.prefetch_lookup(h);
+    }
+    for (const SequenceHash& h : hashes) {
       auto g = store.acquire(h, att_->me(), /*touch=*/true);
       if (!g) {
         break;
@@ -271,6 +277,9 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
     std::span<const SequenceHash> hashes) {
   std::vector<std::optional<Grant>> grants(hashes.size());
   att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+    for (const SequenceHash& h : hashes) {
+      store.prefetch_lookup(h);
+    }
     std::uint64_t hits = 0;
     for (std::size_t i = 0; i < hashes.size(); ++i) {
       grants[i] = store.acquire(hashes[i], att_->me(), /*touch=*/true);

@@ -100,6 +100,9 @@ class BlockStore {
                               std::uint64_t pidns) noexcept;
 
   void count(shm::Counter c, std::uint64_t n = 1) noexcept;
+  /// Starts loading the hash-index bucket a lookup of `hash` reads first. A batch issues these
+  /// for all its hashes before the lookups, so their cache misses overlap. Changes nothing.
+  void prefetch_lookup(SequenceHash hash) const noexcept { index_.prefetch(hash.hi(), hash.lo()); }
   /// Repair only: a slot whose state value is invalid goes to Reset (no list touched; run
   /// rebuild_derived() afterwards). Requires a transaction.
   void force_reset(std::uint32_t slot) noexcept;
