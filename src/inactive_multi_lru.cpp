@@ -43,6 +43,17 @@ class MultiLruBackend final : public InactiveBackend {
     }
     return shm::kNil;
   }
+  std::uint32_t peek_victim(std::uint32_t ahead) const override {
+    // Victims come off the coldest non-empty level first, in list order.
+    for (int i = 0; i < 4; ++i) {
+      for (std::uint32_t s = lists_[i].head; s != shm::kNil; s = slots_[s].next) {
+        if (ahead-- == 0) {
+          return s;
+        }
+      }
+    }
+    return shm::kNil;
+  }
   std::uint64_t size() const override {
     return lists_[0].length + lists_[1].length + lists_[2].length + lists_[3].length;
   }
