@@ -185,7 +185,7 @@ std::optional<std::vector<MutableBlock>> BlockManager::allocate(
   std::vector<MutableBlock> blocks;
   blocks.reserve(grants.size());
   for (const Grant& g : grants) {
-    blocks.push_back(HandleAccess::make_mutable(att_, g));
+    HandleAccess::append_mutable(blocks, att_, g);
   }
   return blocks;
 }
@@ -241,7 +241,7 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
   out.reserve(blocks.size());
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     // The store consumed the staged slot: the CompleteBlock gives up its reference unreleased.
-    out.push_back(HandleAccess::immutable_from(blocks[i], results[i]));
+    HandleAccess::append_immutable_from(out, blocks[i], results[i]);
   }
   return out;
 }
@@ -268,7 +268,7 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
   std::vector<ImmutableBlock> out;
   out.reserve(grants.size());
   for (std::size_t i = 0; i < grants.size(); ++i) {
-    out.push_back(HandleAccess::make_immutable(att_, grants[i], hashes[i]));
+    HandleAccess::append_immutable(out, att_, grants[i], hashes[i]);
   }
   return out;
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "kvbm/blocks.hpp"
 
@@ -19,6 +20,37 @@ struct HandleAccess {
     b.id_ = g.slot;
     b.gen_ = g.generation;
     return b;
+  }
+  /// make_mutable, built in place at the end of `out` (no temporary to move and destroy).
+  static void append_mutable(std::vector<MutableBlock>& out,
+                             const std::shared_ptr<Attachment>& att,
+                             Grant g) {
+    MutableBlock& b = out.emplace_back();
+    b.att_ = att;
+    b.id_ = g.slot;
+    b.gen_ = g.generation;
+  }
+  /// make_immutable, built in place at the end of `out`.
+  static void append_immutable(std::vector<ImmutableBlock>& out,
+                               const std::shared_ptr<Attachment>& att,
+                               Grant g,
+                               SequenceHash h) {
+    ImmutableBlock& b = out.emplace_back();
+    b.att_ = att;
+    b.id_ = g.slot;
+    b.gen_ = g.generation;
+    b.hash_ = h;
+  }
+  /// A registered CompleteBlock's ImmutableBlock, built in place at the end of `out`: it takes
+  /// over the CompleteBlock's attachment reference (no count change; the store consumed the
+  /// staged slot, so the CompleteBlock must not release it). Requires: the local count of
+  /// g.slot was already incremented for the new handle.
+  static void append_immutable_from(std::vector<ImmutableBlock>& out, CompleteBlock& c, Grant g) {
+    ImmutableBlock& b = out.emplace_back();
+    b.att_ = std::move(c.att_);
+    b.id_ = g.slot;
+    b.gen_ = g.generation;
+    b.hash_ = c.hash_;
   }
   static CompleteBlock make_complete(std::shared_ptr<Attachment> att, Grant g, SequenceHash h) {
     CompleteBlock b;
@@ -46,16 +78,6 @@ struct HandleAccess {
     w.gen_ = g.generation;
     w.hash_ = h;
     return w;
-  }
-  /// Moves a registered CompleteBlock's attachment reference into its ImmutableBlock (no count
-  /// change). Requires: the local count of g.slot was already incremented for the new handle.
-  static ImmutableBlock immutable_from(CompleteBlock& b, Grant g) {
-    ImmutableBlock out;
-    out.att_ = std::move(b.att_);
-    out.id_ = g.slot;
-    out.gen_ = g.generation;
-    out.hash_ = b.hash_;
-    return out;
   }
   static Attachment* attachment(const CompleteBlock& b) { return b.att_.get(); }
   static Grant grant(const CompleteBlock& b) { return Grant{b.id_, b.gen_}; }
