@@ -49,5 +49,10 @@ class InactiveBackend {
 std::unique_ptr<InactiveBackend> make_inactive_backend(Segment& segment, SlotLogger log);
 /// Creator only: an empty lineage region for `block_count` blocks.
 void init_lineage_region(shm::LineageHeader* header, std::uint32_t block_count);
+/// The lineage key index's home bucket for the key (position, fragment) in an index of
+/// `key_capacity` buckets (exposed for tests that build colliding keys).
+std::uint32_t lineage_key_home(std::uint32_t position,
+                               std::uint64_t fragment,
+                               std::uint32_t key_capacity);
 
 }  // namespace kvbm::detail

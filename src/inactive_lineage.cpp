@@ -12,6 +12,20 @@
 //    rebuild() restores the same order).
 //  - Full-hash identity: a block whose key is taken by a Real node of another hash (a fragment
 //    collision) or that finds no free node is kept in an overflow list: cached, evictable first.
+//
+//
+// What an eviction costs (Tick order, the default):
+//  - The leaves are a 4-ary heap of (tick, slot) entries, so sifting reads only the heap array.
+//    A leaf's heap index and its node are kept in its slot's derived prev/next links.
+//  - A leaf that leaves the heap leaves a hole, which its parent fills if the parent becomes a
+//    leaf (else the last entry does); one comparison with the entry that left tells which way
+//    to sift. A chain evicted tip to root (each parent older than its tip, which was the
+//    smallest) costs O(1) heap work per block, where removing the tip and pushing the parent
+//    cost two sifts of the whole height.
+//  - Key-index buckets record each entry's distance from its home bucket, so probes and
+//    deletions never read a node other than the one looked for.
+//  - The victim's key bucket is the one random access of an eviction that the store does not
+//    prefetch: it is prefetched a few victims ahead along the chain.
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -27,12 +41,17 @@ namespace {
 
 using kvbm::SequenceHash;
 using shm::kNil;
+using shm::LineageHeapEntry;
 using shm::LineageNode;
 using shm::NodeKind;
 
-constexpr std::uint8_t kReal = static_cast<std::uint8_t>(NodeKind::kReal);
-constexpr std::uint8_t kGhost = static_cast<std::uint8_t>(NodeKind::kGhost);
-constexpr std::uint8_t kFree = static_cast<std::uint8_t>(NodeKind::kFree);
+constexpr std::uint64_t kArity = shm::kLineageHeapArity;
+constexpr std::uint64_t kNoHole = ~std::uint64_t{0};
+// How many evictions ahead pop_victim() prefetches a victim's key-index bucket: far enough for
+// the load to finish during the store's work on the evictions in between.
+constexpr std::uint32_t kKeyPrefetchAhead = 2;
+constexpr std::uint32_t kKeyNodeMask = (1u << shm::kLineageKeyNodeBits) - 1;
+constexpr std::uint32_t kKeyDispMax = kNil >> shm::kLineageKeyNodeBits;  // and beyond
 
 std::uint64_t key_mix(std::uint32_t position, std::uint64_t fragment) {
   std::uint64_t x = fragment ^ (std::uint64_t{position} * 0x9E3779B97F4A7C15ull);
@@ -42,13 +61,26 @@ std::uint64_t key_mix(std::uint32_t position, std::uint64_t fragment) {
   return x;
 }
 
+std::uint32_t key_home(std::uint32_t position, std::uint64_t fragment, std::uint32_t buckets) {
+  return static_cast<std::uint32_t>(
+      (static_cast<unsigned __int128>(key_mix(position, fragment)) * buckets) >> 64);
+}
+
+/// Heap order: smallest tick first; equal ticks (never produced by the store, which hands out
+/// each tick once) by slot, which a rebuild reproduces.
+bool before(const LineageHeapEntry& a, const LineageHeapEntry& b) {
+  const std::uint64_t ta = a.tick(), tb = b.tick();
+  return ta != tb ? ta < tb : a.slot < b.slot;
+}
+
 class LineageBackend final : public InactiveBackend {
  public:
   LineageBackend(Segment& seg, SlotLogger log)
       : h_(seg.lineage()),
-        nodes_(reinterpret_cast<LineageNode*>(h_ + 1)),
-        keys_(reinterpret_cast<std::uint32_t*>(nodes_ + h_->capacity)),
-        heap_(keys_ + h_->key_capacity),
+        geo_(lineage_geometry(seg.block_count())),
+        nodes_(reinterpret_cast<LineageNode*>(reinterpret_cast<std::byte*>(h_) + geo_.nodes)),
+        keys_(reinterpret_cast<std::uint32_t*>(reinterpret_cast<std::byte*>(h_) + geo_.keys)),
+        heap_(reinterpret_cast<LineageHeapEntry*>(reinterpret_cast<std::byte*>(h_) + geo_.heap)),
         slots_(seg.slots()),
         ctl_(seg.control()),
         n_(seg.block_count()),
@@ -65,7 +97,7 @@ class LineageBackend final : public InactiveBackend {
       return;
     }
     remove_node(n);
-    if (nodes_[n].kind == kGhost) {
+    if (nodes_[n].kind() == NodeKind::kGhost) {
       // It keeps its children as a ghost linked to its parent: remember that in the slot, so a
       // rebuild links the ghost again while the block is held.
       slots_[slot].backend_flags = shm::kLineageGhostLinked;
@@ -73,24 +105,69 @@ class LineageBackend final : public InactiveBackend {
   }
 
   std::uint32_t pop_victim() override {
-    if (h_->overflow_head != kNil) {
-      const std::uint32_t s = h_->overflow_head;
+    if (h_->overflow.head != kNil) {
+      const std::uint32_t s = h_->overflow.head;
       overflow_unlink(s);
       return s;
     }
-    const std::uint32_t leaf = fifo_ ? h_->leaf_head : (h_->heap_len > 0 ? heap_[0] : kNil);
-    if (leaf == kNil) {
+    if (fifo_) {
+      const std::uint32_t s = h_->leaves.head;
+      const std::uint32_t n = s == kNil ? kNil : node_of(s);
+      if (n == kNil) {
+        return kNil;  // empty (or a damaged order, which verify() reports)
+      }
+      remove_node(n);
+      // FIFO finds a victim's node through its key: start loading the key-index bucket of a
+      // victim a few evictions ahead (the store's peek_victim has read its slot already).
+      if (const std::uint32_t later = walk_list(h_->leaves.head, kKeyPrefetchAhead - 1);
+          later != kNil) {
+        const SequenceHash h = hash_of(later);
+        __builtin_prefetch(&keys_[home(h.position(), h.current_fragment())], 1);
+      }
+      return s;
+    }
+    if (h_->heap_len == 0) {
       return kNil;
     }
-    const std::uint32_t s = nodes_[leaf].slot;
-    remove_node(leaf);
+    const std::uint32_t s = heap_[0].slot;
+    const std::uint32_t n = slots_[s].next;  // a Tick leaf's node (verify() checks it)
+    if (n >= geo_.capacity) {
+      return kNil;  // a damaged order, which verify() reports
+    }
+    const std::uint32_t parent = evict_only_child(n, s);
+    if (parent == kNil) {
+      remove_node(n);
+    } else if (const std::uint32_t later = chain_ahead(parent, kKeyPrefetchAhead - 1);
+               later != kNil) {
+      // Erasing a victim's key reads a random key-index bucket, the one cache miss of an
+      // eviction that nothing else prefetches: start loading the bucket of the victim a few
+      // evictions ahead along this chain (its nodes are at hand).
+      __builtin_prefetch(&keys_[home_of(later)], 1);
+    }
     return s;
   }
 
-  std::uint64_t size() const override { return h_->real_count + h_->overflow_len; }
+  std::uint32_t peek_victim(std::uint32_t ahead) const override {
+    // Only where it is cheap to tell: along the overflow list or the FIFO leaf list, and in
+    // Tick order along a chain being evicted tip to root.
+    if (h_->overflow.head != kNil) {
+      return walk_list(h_->overflow.head, ahead);
+    }
+    if (fifo_) {
+      return walk_list(h_->leaves.head, ahead);
+    }
+    if (h_->heap_len == 0) {
+      return kNil;
+    }
+    const std::uint32_t n = chain_ahead(slots_[heap_[0].slot].next, ahead);
+    const std::uint32_t s = n == kNil ? kNil : nodes_[n].slot;  // kNil for a ghost
+    return s < n_ ? s : kNil;
+  }
+
+  std::uint64_t size() const override { return h_->real_count + h_->overflow.length; }
 
   void rebuild() override {
-    reset_region(h_);
+    reset_region(h_, geo_);
     const std::vector<std::uint32_t> ids = slots_by_tick(slots_, n_, shm::SlotState::kInactive);
     for (std::uint32_t s : ids) {
       if ((slots_[s].backend_flags & shm::kLineageOverflow) != 0) {
@@ -114,36 +191,45 @@ class LineageBackend final : public InactiveBackend {
     for (std::uint32_t s : linked) {
       const SequenceHash h = hash_of(s);
       const std::uint32_t n = key_find(h.position(), h.current_fragment());
-      if (n == kNil || nodes_[n].kind != kGhost || nodes_[n].parent != kNil || h.position() == 0) {
+      if (n == kNil || nodes_[n].kind() != NodeKind::kGhost || nodes_[n].parent != kNil ||
+          h.position() == 0) {
         continue;
       }
       std::uint32_t p = key_find(h.position() - 1, h.parent_fragment());
       if (p == kNil) {
-        p = alloc_node(h.position() - 1, h.parent_fragment(), kGhost, kNil);
+        p = alloc_node(h.position() - 1, h.parent_fragment(), NodeKind::kGhost, kNil);
       }
       if (p != kNil) {
         link_child(p, n);
       }
     }
     // Ghosts left without children (stale flags) go, as they would have at runtime.
-    for (std::uint32_t n = 0; n < h_->capacity; ++n) {
-      if (nodes_[n].kind == kGhost && nodes_[n].first_child == kNil) {
+    for (std::uint32_t n = 0; n < geo_.capacity; ++n) {
+      if (nodes_[n].kind() == NodeKind::kGhost && nodes_[n].first_child == kNil) {
         prune_from(n, /*renew_ticks=*/false);
       }
     }
     // Leaf order from scratch: every Real node without children, by its slot's tick.
     h_->heap_len = h_->leaf_count = 0;
-    h_->leaf_head = h_->leaf_tail = kNil;
+    h_->leaves = shm::SlotList{kNil, kNil, 0};
     std::vector<std::uint32_t> leaves;
-    for (std::uint32_t n = 0; n < h_->capacity; ++n) {
-      nodes_[n].is_leaf = 0;
-      nodes_[n].leaf_a = nodes_[n].leaf_b = kNil;
-      if (nodes_[n].kind == kReal && nodes_[n].first_child == kNil) {
-        leaves.push_back(n);
+    for (std::uint32_t n = 0; n < geo_.capacity; ++n) {
+      LineageNode& node = nodes_[n];
+      node.set_leaf(false);
+      if (node.kind() == NodeKind::kReal) {
+        slots_[node.slot].prev = kNil;
+        if (!fifo_) {
+          slots_[node.slot].next = n;
+        } else {
+          slots_[node.slot].next = kNil;
+        }
+        if (node.first_child == kNil) {
+          leaves.push_back(n);
+        }
       }
     }
     std::sort(leaves.begin(), leaves.end(), [this](std::uint32_t a, std::uint32_t b) {
-      return tick_of(a) != tick_of(b) ? tick_of(a) < tick_of(b) : a < b;
+      return before(entry_of(a), entry_of(b));
     });
     for (std::uint32_t n : leaves) {
       leaf_add(n, /*renew_ticks=*/false);
@@ -152,23 +238,24 @@ class LineageBackend final : public InactiveBackend {
 
   void verify(std::vector<std::string>& problems) const override;
 
-  static void reset_region(shm::LineageHeader* h) {
-    auto* nodes = reinterpret_cast<LineageNode*>(h + 1);
-    auto* keys = reinterpret_cast<std::uint32_t*>(nodes + h->capacity);
-    for (std::uint32_t i = 0; i < h->capacity; ++i) {
+  static void reset_region(shm::LineageHeader* h, const shm::LineageGeometry& geo) {
+    auto* base = reinterpret_cast<std::byte*>(h);
+    auto* nodes = reinterpret_cast<LineageNode*>(base + geo.nodes);
+    auto* keys = reinterpret_cast<std::uint32_t*>(base + geo.keys);
+    h->capacity = geo.capacity;
+    h->key_capacity = geo.key_capacity;
+    h->heap_capacity = geo.heap_capacity;
+    for (std::uint32_t i = 0; i < geo.capacity; ++i) {
       nodes[i] = LineageNode{};
-      nodes[i].kind = kFree;
-      nodes[i].slot = kNil;
-      nodes[i].next_sibling = i + 1 < h->capacity ? i + 1 : kNil;
+      nodes[i].set_kind(NodeKind::kFree);
+      nodes[i].slot = nodes[i].parent = nodes[i].first_child = nodes[i].prev_sibling = kNil;
+      nodes[i].next_sibling = i + 1 < geo.capacity ? i + 1 : kNil;
     }
-    for (std::uint32_t i = 0; i < h->key_capacity; ++i) {
-      keys[i] = kNil;
-    }
-    h->free_head = h->capacity > 0 ? 0 : kNil;
-    h->leaf_head = h->leaf_tail = kNil;
+    std::fill(keys, keys + geo.key_capacity, kNil);
+    h->free_head = geo.capacity > 0 ? 0 : kNil;
     h->real_count = h->heap_len = h->leaf_count = 0;
-    h->overflow_head = h->overflow_tail = kNil;
-    h->overflow_len = 0;
+    h->leaves = shm::SlotList{kNil, kNil, 0};
+    h->overflow = shm::SlotList{kNil, kNil, 0};
   }
 
  private:
@@ -177,43 +264,72 @@ class LineageBackend final : public InactiveBackend {
   }
 
   // --- key index (linear probing, backward-shift deletion) ---
+  // A bucket holds a node index and that entry's distance from its home bucket (saturated at
+  // kKeyDispMax): so a probe skips entries of another home, and a backward shift moves
+  // entries, without reading their nodes (random cache misses in a large pool). Only an entry
+  // of the same home (almost always the one looked for) or a saturated one is read.
   std::uint32_t home(std::uint32_t position, std::uint64_t fragment) const {
-    return static_cast<std::uint32_t>(
-        (static_cast<unsigned __int128>(key_mix(position, fragment)) * h_->key_capacity) >> 64);
+    return key_home(position, fragment, geo_.key_capacity);
   }
-  std::uint32_t next(std::uint32_t i) const { return i + 1 == h_->key_capacity ? 0 : i + 1; }
+  std::uint32_t home_of(std::uint32_t n) const {
+    return home(nodes_[n].position(), nodes_[n].fragment);
+  }
+  std::uint32_t next(std::uint32_t i) const { return i + 1 == geo_.key_capacity ? 0 : i + 1; }
+  /// Probe distance from bucket `from` to bucket `to` (cyclic).
+  std::uint32_t dist(std::uint32_t from, std::uint32_t to) const {
+    return to >= from ? to - from : to + geo_.key_capacity - from;
+  }
+  static std::uint32_t bucket(std::uint32_t n, std::uint32_t disp) {
+    return n | std::min(disp, kKeyDispMax) << shm::kLineageKeyNodeBits;
+  }
+  static std::uint32_t bucket_node(std::uint32_t b) { return b & kKeyNodeMask; }
+  static std::uint32_t bucket_disp(std::uint32_t b) { return b >> shm::kLineageKeyNodeBits; }
+
   std::uint32_t key_find(std::uint32_t position, std::uint64_t fragment) const {
-    for (std::uint32_t i = home(position, fragment);; i = next(i)) {
-      const std::uint32_t n = keys_[i];
-      if (n == kNil) {
+    // Bounded, so that verify() on a damaged region (kvbm-ctl) cannot loop forever.
+    std::uint32_t i = home(position, fragment);
+    for (std::uint32_t d = 0; d < geo_.key_capacity; ++d, i = next(i)) {
+      const std::uint32_t b = keys_[i];
+      if (b == kNil) {
         return kNil;
       }
-      if (nodes_[n].position == position && nodes_[n].fragment == fragment) {
-        return n;
+      const std::uint32_t bd = bucket_disp(b);
+      if (bd == d || (bd == kKeyDispMax && d > kKeyDispMax)) {  // may have this home
+        const std::uint32_t n = bucket_node(b);
+        if (n < geo_.capacity && nodes_[n].fragment == fragment &&
+            nodes_[n].position() == position) {
+          return n;
+        }
       }
     }
+    return kNil;
   }
   void key_insert(std::uint32_t n) {
-    std::uint32_t i = home(nodes_[n].position, nodes_[n].fragment);
+    std::uint32_t i = home_of(n);
+    std::uint32_t d = 0;
     while (keys_[i] != kNil) {
       i = next(i);
+      ++d;
     }
-    keys_[i] = n;
+    keys_[i] = bucket(n, d);
   }
   void key_erase(std::uint32_t n) {
-    std::uint32_t i = home(nodes_[n].position, nodes_[n].fragment);
-    while (keys_[i] != n) {
-      if (keys_[i] == kNil) {
+    std::uint32_t i = home_of(n);
+    for (std::uint32_t d = 0; bucket_node(keys_[i]) != n; ++d, i = next(i)) {
+      if (keys_[i] == kNil || d == geo_.key_capacity) {
         return;
       }
-      i = next(i);
     }
     std::uint32_t hole = i;
     for (std::uint32_t j = next(hole); keys_[j] != kNil; j = next(j)) {
-      const std::uint32_t hm = home(nodes_[keys_[j]].position, nodes_[keys_[j]].fragment);
-      const bool movable = hole <= j ? (hm <= hole || hm > j) : (hm <= hole && hm > j);
-      if (movable) {
-        keys_[hole] = keys_[j];
+      const std::uint32_t b = keys_[j];
+      std::uint32_t d = bucket_disp(b);
+      if (d == kKeyDispMax) {
+        d = dist(home_of(bucket_node(b)), j);  // saturated: the node knows
+      }
+      // Movable into the hole unless its home lies cyclically in (hole, j].
+      if (d >= dist(hole, j)) {
+        keys_[hole] = bucket(bucket_node(b), d - dist(hole, j));
         hole = j;
       }
     }
@@ -223,7 +339,7 @@ class LineageBackend final : public InactiveBackend {
   // --- nodes ---
   std::uint32_t alloc_node(std::uint32_t position,
                            std::uint64_t fragment,
-                           std::uint8_t kind,
+                           NodeKind kind,
                            std::uint32_t slot) {
     const std::uint32_t n = h_->free_head;
     if (n == kNil) {
@@ -231,54 +347,79 @@ class LineageBackend final : public InactiveBackend {
     }
     h_->free_head = nodes_[n].next_sibling;
     LineageNode& node = nodes_[n];
-    node = LineageNode{};
     node.fragment = fragment;
-    node.position = position;
+    node.bits = position;
+    node.set_kind(kind);
     node.slot = slot;
-    node.kind = kind;
     node.parent = node.first_child = node.next_sibling = node.prev_sibling = kNil;
-    node.leaf_a = node.leaf_b = kNil;
     key_insert(n);
     return n;
   }
   void free_node(std::uint32_t n) {
     key_erase(n);
-    nodes_[n].kind = kFree;
+    nodes_[n].bits = 0;
+    nodes_[n].set_kind(NodeKind::kFree);
     nodes_[n].slot = kNil;
     nodes_[n].next_sibling = h_->free_head;
     h_->free_head = n;
   }
-  /// The tree node of an Inactive slot, kNil if it is in the overflow list.
+  /// Slot `ahead` steps after `s` in a list through the slots, kNil past its end.
+  std::uint32_t walk_list(std::uint32_t s, std::uint32_t ahead) const {
+    for (; ahead > 0 && s != kNil; --ahead) {
+      s = slots_[s].next;
+    }
+    return s;
+  }
+  /// Tick order, for prefetching only: the node `steps` evictions after leaf `n` if a chain is
+  /// being evicted tip to root (each eviction making the parent a leaf, older than the rest).
+  /// It does not check that: a wrong guess costs a useless prefetch, a check costs every time.
+  std::uint32_t chain_ahead(std::uint32_t n, std::uint32_t steps) const {
+    for (; steps > 0 && n < geo_.capacity; --steps) {
+      n = nodes_[n].parent;
+    }
+    return n < geo_.capacity ? n : kNil;
+  }
+
+  /// The tree node of an Inactive slot, kNil if it is in the overflow list. Tick order keeps it
+  /// in the slot; FIFO order uses both slot links for the leaf list, so looks the key up.
   std::uint32_t node_of(std::uint32_t slot) const {
+    if (!fifo_) {
+      const std::uint32_t n = slots_[slot].next;
+      return n < geo_.capacity && nodes_[n].kind() == NodeKind::kReal && nodes_[n].slot == slot
+                 ? n
+                 : kNil;
+    }
     const SequenceHash h = hash_of(slot);
     const std::uint32_t n = key_find(h.position(), h.current_fragment());
-    return n != kNil && nodes_[n].kind == kReal && nodes_[n].slot == slot ? n : kNil;
+    return n != kNil && nodes_[n].kind() == NodeKind::kReal && nodes_[n].slot == slot ? n : kNil;
   }
 
   void insert_node(std::uint32_t slot, bool renew_ticks) {
     const SequenceHash h = hash_of(slot);
     const std::uint32_t pos = h.position();
     std::uint32_t n = key_find(pos, h.current_fragment());
-    if (n != kNil && nodes_[n].kind == kReal) {
+    if (n != kNil && nodes_[n].kind() == NodeKind::kReal) {
       overflow_push(slot);  // same key, another hash: never matched as its lineage
       return;
     }
-    slots_[slot].backend_flags = 0;
     if (n != kNil) {  // a ghost placeholder (or a removed node with children) comes back
-      nodes_[n].kind = kReal;
+      nodes_[n].set_kind(NodeKind::kReal);
       nodes_[n].slot = slot;
     } else {
-      n = alloc_node(pos, h.current_fragment(), kReal, slot);
+      n = alloc_node(pos, h.current_fragment(), NodeKind::kReal, slot);
       if (n == kNil) {
         overflow_push(slot);
         return;
       }
     }
+    slots_[slot].backend_flags = 0;
+    slots_[slot].prev = kNil;
+    slots_[slot].next = fifo_ ? kNil : n;
     ++h_->real_count;
     if (pos > 0 && nodes_[n].parent == kNil) {
       std::uint32_t p = key_find(pos - 1, h.parent_fragment());
       if (p == kNil) {
-        p = alloc_node(pos - 1, h.parent_fragment(), kGhost, kNil);
+        p = alloc_node(pos - 1, h.parent_fragment(), NodeKind::kGhost, kNil);
       }
       if (p != kNil) {
         link_child(p, n);
@@ -291,7 +432,7 @@ class LineageBackend final : public InactiveBackend {
 
   void link_child(std::uint32_t p, std::uint32_t c) {
     LineageNode& parent = nodes_[p];
-    if (parent.is_leaf != 0) {
+    if (parent.is_leaf()) {
       leaf_remove(p);  // a Real leaf that gets a child is interior now
     }
     nodes_[c].parent = p;
@@ -316,27 +457,68 @@ class LineageBackend final : public InactiveBackend {
     node.parent = node.prev_sibling = node.next_sibling = kNil;
   }
 
-  void remove_node(std::uint32_t n) {
-    if (nodes_[n].is_leaf != 0) {
-      leaf_remove(n);
+  /// Tick order, the eviction of leaf `n` (slot `s`, at the heap root) when it is the only
+  /// child of a Real parent: every eviction of a chain but the last. Does what remove_node()
+  /// does in that case, in fewer steps: `n` goes, and its parent, now a leaf, takes its place in
+  /// the heap. Returns the parent, or kNil (nothing done) in any other case.
+  std::uint32_t evict_only_child(std::uint32_t n, std::uint32_t s) {
+    LineageNode& node = nodes_[n];
+    const std::uint32_t p = node.parent;
+    if (p == kNil || node.prev_sibling != kNil || node.next_sibling != kNil ||
+        nodes_[p].kind() != NodeKind::kReal) {
+      return kNil;
     }
-    nodes_[n].kind = kGhost;
-    nodes_[n].slot = kNil;
+    slots_[s].prev = slots_[s].next = kNil;
+    --h_->real_count;
+    nodes_[p].first_child = kNil;
+    node.parent = kNil;
+    free_node(n);  // a childless ghost would be pruned at once
+    nodes_[p].set_leaf(true);
+    heap_fill(0, entry_of(p));  // the leaf count is unchanged: one left, one came
+    return p;
+  }
+
+  /// A Real node's block leaves the pool (hit or eviction).
+  void remove_node(std::uint32_t n) {
+    LineageNode& node = nodes_[n];
+    const std::uint32_t slot = node.slot;
+    if (node.is_leaf()) {
+      if (fifo_) {
+        leaf_remove(n);
+      } else {
+        // Its heap entry becomes a hole, filled below by the parent if the prune makes the
+        // parent a leaf, else by the last entry.
+        hole_ = slots_[slot].prev;
+        node.set_leaf(false);
+        --h_->leaf_count;
+      }
+    }
+    node.set_kind(NodeKind::kGhost);
+    node.slot = kNil;
+    slots_[slot].prev = slots_[slot].next = kNil;
     --h_->real_count;
     prune_from(n, /*renew_ticks=*/true);
+    if (hole_ != kNoHole) {
+      const std::uint64_t hole = hole_;
+      hole_ = kNoHole;
+      const std::uint64_t last = --h_->heap_len;
+      if (hole != last) {
+        heap_fill(hole, heap_[last]);
+      }
+    }
   }
 
   /// Prunes childless ghosts upward from `n`; a Real parent left childless is a leaf again.
   void prune_from(std::uint32_t n, bool renew_ticks) {
     std::uint32_t cur = n;
-    while (nodes_[cur].kind == kGhost && nodes_[cur].first_child == kNil) {
+    while (nodes_[cur].kind() == NodeKind::kGhost && nodes_[cur].first_child == kNil) {
       const std::uint32_t parent = nodes_[cur].parent;
       unlink_child(cur);
       free_node(cur);
       if (parent == kNil || nodes_[parent].first_child != kNil) {
         break;
       }
-      if (nodes_[parent].kind == kReal) {
+      if (nodes_[parent].kind() == NodeKind::kReal) {
         leaf_add(parent, renew_ticks);
         break;
       }
@@ -344,175 +526,181 @@ class LineageBackend final : public InactiveBackend {
     }
   }
 
-  // --- leaf order ---
-  std::uint64_t tick_of(std::uint32_t n) const { return slots_[nodes_[n].slot].tick; }
-  bool heap_less(std::uint32_t a, std::uint32_t b) const {
-    const std::uint64_t ta = tick_of(a), tb = tick_of(b);
-    return ta != tb ? ta < tb : a < b;
+  // --- Tick leaf order: a 4-ary heap; a leaf's index is kept in its slot's prev link ---
+  LineageHeapEntry entry_of(std::uint32_t n) const {
+    const std::uint32_t slot = nodes_[n].slot;
+    const std::uint64_t tick = slots_[slot].tick;
+    return LineageHeapEntry{static_cast<std::uint32_t>(tick),
+                            static_cast<std::uint32_t>(tick >> 32), slot};
   }
-  void heap_set(std::uint64_t i, std::uint32_t n) {
-    heap_[i] = n;
-    nodes_[n].leaf_a = static_cast<std::uint32_t>(i);
+  void heap_put(std::uint64_t i, const LineageHeapEntry& e) {
+    heap_[i] = e;
+    slots_[e.slot].prev = static_cast<std::uint32_t>(i);
   }
-  void sift_up(std::uint64_t i) {
-    const std::uint32_t n = heap_[i];
+  void sift_up(std::uint64_t i, const LineageHeapEntry& e) {
     while (i > 0) {
-      const std::uint64_t p = (i - 1) / 2;
-      if (!heap_less(n, heap_[p])) {
+      const std::uint64_t p = (i - 1) / kArity;
+      if (!before(e, heap_[p])) {
         break;
       }
-      heap_set(i, heap_[p]);
+      heap_put(i, heap_[p]);
       i = p;
     }
-    heap_set(i, n);
+    heap_put(i, e);
   }
-  void sift_down(std::uint64_t i) {
-    const std::uint32_t n = heap_[i];
+  void sift_down(std::uint64_t i, const LineageHeapEntry& e) {
+    const std::uint64_t len = h_->heap_len;
     for (;;) {
-      std::uint64_t c = 2 * i + 1;
-      if (c >= h_->heap_len) {
+      const std::uint64_t first = kArity * i + 1;
+      if (first >= len) {
         break;
       }
-      if (c + 1 < h_->heap_len && heap_less(heap_[c + 1], heap_[c])) {
-        ++c;
+      const std::uint64_t end = std::min(first + kArity, len);
+      std::uint64_t best = first;
+      for (std::uint64_t c = first + 1; c < end; ++c) {
+        if (before(heap_[c], heap_[best])) {
+          best = c;
+        }
       }
-      if (!heap_less(heap_[c], n)) {
+      if (!before(heap_[best], e)) {
         break;
       }
-      heap_set(i, heap_[c]);
-      i = c;
+      heap_put(i, heap_[best]);
+      i = best;
     }
-    heap_set(i, n);
+    heap_put(i, e);
+  }
+  /// Puts `e` at index `i`, a hole inside the heap that still holds the entry just removed from
+  /// there, and restores the heap order. That entry was no larger than anything below `i` and no
+  /// smaller than anything above, so one comparison with it tells the direction: a re-leafed
+  /// parent older than its evicted child (a chain going tip to root) takes the child's place at
+  /// once.
+  void heap_fill(std::uint64_t i, const LineageHeapEntry& e) {
+    if (!before(e, heap_[i])) {
+      sift_down(i, e);
+    } else if (i > 0 && before(e, heap_[(i - 1) / kArity])) {
+      sift_up(i, e);
+    } else {
+      heap_put(i, e);
+    }
   }
 
   void leaf_add(std::uint32_t n, bool renew_ticks) {
-    nodes_[n].is_leaf = 1;
-    ++h_->leaf_count;
+    nodes_[n].set_leaf(true);
+    const std::uint32_t slot = nodes_[n].slot;
     if (fifo_) {
       if (renew_ticks) {
         // FIFO order is "when it became a leaf": record it in the slot so rebuild() can
         // restore it. The slot is logged like any other slot change.
-        log_(nodes_[n].slot);
-        slots_[nodes_[n].slot].tick = ctl_->next_tick++;
+        log_(slot);
+        slots_[slot].tick = ctl_->next_tick++;
       }
-      nodes_[n].leaf_b = kNil;
-      nodes_[n].leaf_a = h_->leaf_tail;
-      if (h_->leaf_tail == kNil) {
-        h_->leaf_head = n;
-      } else {
-        nodes_[h_->leaf_tail].leaf_b = n;
-      }
-      h_->leaf_tail = n;
+      list_push_back(h_->leaves, slots_, slot);
+      h_->leaf_count = h_->leaves.length;
+      return;
+    }
+    ++h_->leaf_count;
+    if (hole_ != kNoHole) {  // the leaf that just left this place was its child
+      const std::uint64_t i = hole_;
+      hole_ = kNoHole;
+      heap_fill(i, entry_of(n));
       return;
     }
     const std::uint64_t i = h_->heap_len++;
-    heap_set(i, n);
-    sift_up(i);
+    sift_up(i, entry_of(n));
   }
 
   void leaf_remove(std::uint32_t n) {
-    nodes_[n].is_leaf = 0;
-    --h_->leaf_count;
+    nodes_[n].set_leaf(false);
+    const std::uint32_t slot = nodes_[n].slot;
     if (fifo_) {
-      LineageNode& node = nodes_[n];
-      if (node.leaf_a == kNil) {
-        h_->leaf_head = node.leaf_b;
-      } else {
-        nodes_[node.leaf_a].leaf_b = node.leaf_b;
-      }
-      if (node.leaf_b == kNil) {
-        h_->leaf_tail = node.leaf_a;
-      } else {
-        nodes_[node.leaf_b].leaf_a = node.leaf_a;
-      }
-      node.leaf_a = node.leaf_b = kNil;
+      list_unlink(h_->leaves, slots_, slot);
+      h_->leaf_count = h_->leaves.length;
       return;
     }
-    const std::uint64_t i = nodes_[n].leaf_a;
+    --h_->leaf_count;
+    const std::uint64_t i = slots_[slot].prev;
+    slots_[slot].prev = kNil;
     const std::uint64_t last = --h_->heap_len;
     if (i != last) {
-      const std::uint32_t moved = heap_[last];
-      heap_set(i, moved);
-      if (i > 0 && heap_less(moved, heap_[(i - 1) / 2])) {
-        sift_up(i);
-      } else {
-        sift_down(i);
-      }
+      heap_fill(i, heap_[last]);
     }
-    nodes_[n].leaf_a = kNil;
   }
 
   // --- overflow (through the slots' list links, by tick) ---
   void overflow_push(std::uint32_t slot) {
     slots_[slot].backend_flags = shm::kLineageOverflow;  // so a rebuild puts it back here
-    shm::SlotList l{h_->overflow_head, h_->overflow_tail, h_->overflow_len};
-    list_push_back(l, slots_, slot);
-    h_->overflow_head = l.head;
-    h_->overflow_tail = l.tail;
-    h_->overflow_len = l.length;
+    list_push_back(h_->overflow, slots_, slot);
   }
-  void overflow_unlink(std::uint32_t slot) {
-    shm::SlotList l{h_->overflow_head, h_->overflow_tail, h_->overflow_len};
-    list_unlink(l, slots_, slot);
-    h_->overflow_head = l.head;
-    h_->overflow_tail = l.tail;
-    h_->overflow_len = l.length;
-  }
+  void overflow_unlink(std::uint32_t slot) { list_unlink(h_->overflow, slots_, slot); }
 
   shm::LineageHeader* h_;
+  shm::LineageGeometry geo_;  // from the config, not from the region: a damaged header cannot
+                              // send the backend outside its region
   LineageNode* nodes_;
   std::uint32_t* keys_;
-  std::uint32_t* heap_;
+  LineageHeapEntry* heap_;
   shm::SlotMeta* slots_;
   shm::ControlBlock* ctl_;
   std::uint32_t n_;
   bool fifo_;
   SlotLogger log_;
+  // Tick order, inside remove_node only: the heap index left by the removed leaf.
+  std::uint64_t hole_ = kNoHole;
 };
 
 void LineageBackend::verify(std::vector<std::string>& problems) const {
-  const std::size_t before = problems.size();
+  const std::size_t before_count = problems.size();
   auto problem = [&](std::string text) {
-    if (problems.size() - before < 20) {  // a broken tree would otherwise repeat itself
+    if (problems.size() - before_count < 20) {  // a broken tree would otherwise repeat itself
       problems.push_back("lineage: " + std::move(text));
     }
   };
-  std::uint64_t reals = 0, leaves = 0, free_nodes = 0;
-  for (std::uint32_t n = 0; n < h_->capacity; ++n) {
+  if (h_->capacity != geo_.capacity || h_->key_capacity != geo_.key_capacity ||
+      h_->heap_capacity != geo_.heap_capacity) {
+    problem(fmt::format("header capacities {}/{}/{} differ from the layout's {}/{}/{}",
+                        h_->capacity, h_->key_capacity, h_->heap_capacity, geo_.capacity,
+                        geo_.key_capacity, geo_.heap_capacity));
+  }
+  std::uint64_t reals = 0, leaves = 0, nodes_in_use = 0;
+  for (std::uint32_t n = 0; n < geo_.capacity; ++n) {
     const LineageNode& node = nodes_[n];
-    if (node.kind == kFree) {
-      ++free_nodes;
+    if (node.kind() == NodeKind::kFree) {
       continue;
     }
-    if (node.kind != kReal && node.kind != kGhost) {
+    ++nodes_in_use;
+    if (node.kind() != NodeKind::kReal && node.kind() != NodeKind::kGhost) {
       problem(fmt::format("node {} has an invalid kind", n));
       continue;
     }
-    if (key_find(node.position, node.fragment) != n) {
+    if (key_find(node.position(), node.fragment) != n) {
       problem(fmt::format("node {} is not found by its key", n));
     }
-    if (node.kind == kReal) {
+    if (node.kind() == NodeKind::kReal) {
       ++reals;
       if (node.slot >= n_ ||
           slots_[node.slot].state != static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
         problem(fmt::format("node {} stands for slot {}, which is not Inactive", n, node.slot));
-      } else {
-        const SequenceHash h = hash_of(node.slot);
-        if (h.position() != node.position || h.current_fragment() != node.fragment) {
-          problem(fmt::format("node {} does not carry slot {}'s key", n, node.slot));
-        }
+        continue;
+      }
+      const SequenceHash h = hash_of(node.slot);
+      if (h.position() != node.position() || h.current_fragment() != node.fragment) {
+        problem(fmt::format("node {} does not carry slot {}'s key", n, node.slot));
+      }
+      if (node_of(node.slot) != n) {
+        problem(fmt::format("slot {} does not lead to its node {}", node.slot, n));
       }
     } else if (node.first_child == kNil) {
       problem(fmt::format("ghost node {} has no children", n));
     }
-    const bool leaf = node.kind == kReal && node.first_child == kNil;
-    if (leaf != (node.is_leaf != 0)) {
+    const bool leaf = node.kind() == NodeKind::kReal && node.first_child == kNil;
+    if (leaf != node.is_leaf()) {
       problem(fmt::format("node {} leaf flag is wrong", n));
     }
-    leaves += node.is_leaf;
+    leaves += node.is_leaf() ? 1 : 0;
     std::uint32_t count = 0;
     for (std::uint32_t c = node.first_child; c != kNil; c = nodes_[c].next_sibling) {
-      if (c >= h_->capacity || ++count > h_->capacity) {
+      if (c >= geo_.capacity || ++count > geo_.capacity) {
         problem(fmt::format("node {} child list is broken", n));
         break;
       }
@@ -521,55 +709,88 @@ void LineageBackend::verify(std::vector<std::string>& problems) const {
       }
     }
   }
+  std::uint64_t keyed = 0;
+  for (std::uint32_t i = 0; i < geo_.key_capacity; ++i) {
+    const std::uint32_t b = keys_[i];
+    if (b == kNil) {
+      continue;
+    }
+    ++keyed;
+    const std::uint32_t n = bucket_node(b);
+    if (n >= geo_.capacity || nodes_[n].kind() == NodeKind::kFree) {
+      problem(fmt::format("key bucket {} holds node {}, which is not in use", i, n));
+    } else if (bucket_disp(b) != std::min(dist(home_of(n), i), kKeyDispMax)) {
+      problem(fmt::format("key bucket {} records a wrong distance from its home", i));
+    }
+  }
+  if (keyed != nodes_in_use) {
+    problem(fmt::format("the key index holds {} entries for {} nodes", keyed, nodes_in_use));
+  }
   if (reals != h_->real_count) {
     problem(fmt::format("{} Real nodes but the count says {}", reals, h_->real_count));
   }
   if (leaves != h_->leaf_count) {
     problem(fmt::format("{} leaves but the count says {}", leaves, h_->leaf_count));
   }
+  // A leaf's slot must lead back to it (the order walks start from slots).
+  auto leaf_slot = [&](std::uint32_t s) {
+    if (s >= n_) {
+      return false;
+    }
+    const std::uint32_t n = node_of(s);
+    return n != kNil && nodes_[n].is_leaf();
+  };
   if (fifo_) {
     std::uint64_t seen = 0;
-    for (std::uint32_t n = h_->leaf_head; n != kNil; n = nodes_[n].leaf_b) {
-      if (n >= h_->capacity || ++seen > h_->capacity || nodes_[n].is_leaf == 0) {
+    std::uint32_t prev = kNil;
+    for (std::uint32_t s = h_->leaves.head; s != kNil; s = slots_[s].next) {
+      if (!leaf_slot(s) || ++seen > geo_.capacity || slots_[s].prev != prev) {
         problem("leaf list is broken");
         break;
       }
+      prev = s;
     }
-    if (seen != leaves) {
-      problem(fmt::format("leaf list holds {} of {} leaves", seen, leaves));
+    if (seen != leaves || h_->leaves.length != leaves) {
+      problem(fmt::format("leaf list holds {} of {} leaves (its length says {})", seen, leaves,
+                          h_->leaves.length));
     }
   } else {
-    if (h_->heap_len != leaves) {
+    if (h_->heap_len != leaves || h_->heap_len > geo_.heap_capacity) {
       problem(fmt::format("leaf heap holds {} of {} leaves", h_->heap_len, leaves));
     }
-    for (std::uint64_t i = 0; i < h_->heap_len && i < h_->capacity; ++i) {
-      const std::uint32_t n = heap_[i];
-      if (n >= h_->capacity || nodes_[n].leaf_a != i || nodes_[n].is_leaf == 0 ||
-          (i > 0 && heap_less(n, heap_[(i - 1) / 2]))) {
+    for (std::uint64_t i = 0; i < h_->heap_len && i < geo_.heap_capacity; ++i) {
+      const LineageHeapEntry& e = heap_[i];
+      if (!leaf_slot(e.slot) || slots_[e.slot].prev != i || e.tick() != slots_[e.slot].tick ||
+          (i > 0 && before(e, heap_[(i - 1) / kArity]))) {
         problem(fmt::format("leaf heap is broken at {}", i));
         break;
       }
     }
   }
   std::uint64_t seen = 0;
-  for (std::uint32_t s = h_->overflow_head; s != kNil; s = slots_[s].next) {
+  for (std::uint32_t s = h_->overflow.head; s != kNil; s = slots_[s].next) {
     if (s >= n_ || ++seen > n_ ||
         slots_[s].state != static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
       problem("overflow list is broken");
       break;
     }
   }
-  if (seen != h_->overflow_len) {
-    problem(fmt::format("overflow list holds {} but its length says {}", seen, h_->overflow_len));
+  if (seen != h_->overflow.length) {
+    problem(
+        fmt::format("overflow list holds {} but its length says {}", seen, h_->overflow.length));
   }
 }
 
 }  // namespace
 
+std::uint32_t lineage_key_home(std::uint32_t position,
+                               std::uint64_t fragment,
+                               std::uint32_t key_capacity) {
+  return key_home(position, fragment, key_capacity);
+}
+
 void init_lineage_region(shm::LineageHeader* h, std::uint32_t block_count) {
-  h->capacity = lineage_node_capacity(block_count);
-  h->key_capacity = 2 * h->capacity;
-  LineageBackend::reset_region(h);
+  LineageBackend::reset_region(h, lineage_geometry(block_count));
 }
 
 std::unique_ptr<InactiveBackend> make_lineage_backend(Segment& segment, SlotLogger log) {

@@ -68,6 +68,16 @@ std::uint64_t compute_fingerprint() {
                                  KVBM_FP_OFF(SlotMeta, holders),
                                  KVBM_FP_OFF(SlotMeta, tick),
                                  sizeof(IndexEntry),
+                                 kLineageRegionVersion,
+                                 sizeof(LineageHeader),
+                                 KVBM_FP_OFF(LineageHeader, leaves),
+                                 KVBM_FP_OFF(LineageHeader, overflow),
+                                 sizeof(LineageNode),
+                                 KVBM_FP_OFF(LineageNode, slot),
+                                 KVBM_FP_OFF(LineageNode, prev_sibling),
+                                 sizeof(LineageHeapEntry),
+                                 kLineageHeapArity,
+                                 kLineageKeyNodeBits,
                                  kCacheLine,
                                  kMaxProcesses,
                                  kLivenessLockBase};
@@ -130,10 +140,19 @@ std::string payload_name(std::string_view name) {
   return fmt::format("{}.payload", name);
 }
 
-std::uint32_t lineage_node_capacity(std::uint32_t block_count) {
-  // Real nodes <= Inactive blocks; ghosts are mostly placeholders (one per missing parent).
-  // Beyond this, blocks are kept in the overflow list (still cached and evictable).
-  return 2 * block_count + 16;
+shm::LineageGeometry lineage_geometry(std::uint32_t block_count) {
+  // Nodes: each is Real (an Inactive block), the ghost of a held block that left the pool with
+  // children, or a ghost placeholder whose first child is one of those; so 2 x (Inactive + held)
+  // <= 2N nodes hold every tree that a rebuild can produce. Only ghosts of blocks reset after
+  // such a hit can pile up beyond it; then new blocks go to the overflow list (still cached,
+  // evicted first). Capped so that a node index fits a key bucket (beyond 67M blocks the arena
+  // is smaller than 2N).
+  const std::uint32_t nodes = static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(2 * std::uint64_t{block_count} + 16, shm::kLineageMaxNodes));
+  // Key index: load factor <= 0.5 when the arena is full (about 0.25 in steady use), so a miss
+  // (every fresh insert looks its own key up) probes about two buckets.
+  // Heap: leaves are Real nodes, at most one per block.
+  return shm::place_lineage_region(nodes, 2 * nodes, block_count);
 }
 
 Layout compute_layout(const shm::ConfigRecord& c) {
@@ -154,10 +173,7 @@ Layout compute_layout(const shm::ConfigRecord& c) {
               TinyLfu::table_len_for(c.frequency_capacity) * sizeof(std::uint64_t));
   }
   if (c.eviction == static_cast<std::uint32_t>(EvictionPolicy::kLineage)) {
-    const std::uint64_t nodes = lineage_node_capacity(c.block_count);
-    place(shm::kRegionLineage, sizeof(shm::LineageHeader) + nodes * sizeof(shm::LineageNode) +
-                                   2 * nodes * sizeof(std::uint32_t) +
-                                   nodes * sizeof(std::uint32_t));
+    place(shm::kRegionLineage, lineage_geometry(c.block_count).bytes);
   }
   l.total_bytes = off;
   return l;

@@ -36,7 +36,8 @@ struct Layout {
 };
 
 Layout compute_layout(const shm::ConfigRecord& config);
-std::uint32_t lineage_node_capacity(std::uint32_t block_count);
+/// The lineage region's capacities and placement for `block_count` blocks.
+shm::LineageGeometry lineage_geometry(std::uint32_t block_count);
 std::uint64_t abi_fingerprint();
 Result<void> validate_name(std::string_view name);
 Result<void> validate_config(const SegmentConfig& config);
