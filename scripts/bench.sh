@@ -174,6 +174,10 @@ log(n) (the lineage leaf heap holds about N / 32 leaves: log2 is 8.3 at 10k, 14.
 ${instr_table}
 EOF
   fi
+  if [ -f "$root/tools/kvbm-bench/profile-notes.md" ]; then
+    echo
+    cat "$root/tools/kvbm-bench/profile-notes.md"
+  fi
   cat <<'EOF'
 
 ## How each case is measured
