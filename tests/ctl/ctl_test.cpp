@@ -889,6 +889,8 @@ TEST_CASE("dump --json lists every non-reset slot as the library sees it", "[ctl
     const std::string st = from_dump[id];
     if (st == "staged" || st == "primary" || st == "duplicate" || st == "inactive") {
       CHECK(s.at("hash") == info.hash.to_string());
+    } else {
+      CHECK(s.at("hash").is_null());  // a Mutable block has no hash yet
     }
     if (st == "mutable" || st == "staged") {
       CHECK(s.at("owner") == me);

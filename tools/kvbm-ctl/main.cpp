@@ -53,8 +53,14 @@ const char* state_name(std::uint8_t s) {
   return s < kvbm::shm::kSlotStateCount ? kNames[s] : "invalid";
 }
 
+// A Mutable slot has no hash yet (its field holds the empty marker, or is being staged).
+bool has_hash(const kvbm::shm::SlotMeta& m) {
+  return m.state != static_cast<std::uint8_t>(kvbm::shm::SlotState::kReset) &&
+         m.state != static_cast<std::uint8_t>(kvbm::shm::SlotState::kMutable);
+}
+
 std::string hash_text(const kvbm::shm::SlotMeta& m) {
-  return kvbm::SequenceHash::from_parts(m.hash_hi, m.hash_lo).to_string();
+  return has_hash(m) ? kvbm::SequenceHash::from_parts(m.hash_hi, m.hash_lo).to_string() : "-";
 }
 
 json counts_json(const d::Segment& seg) {
@@ -221,7 +227,7 @@ int cmd_dump(const std::string& name, bool as_json) {
       json slot{
           {"id", i},
           {"state", state_name(m.state)},
-          {"hash", hash_text(m)},
+          {"hash", has_hash(m) ? json(hash_text(m)) : json(nullptr)},
           {"holders", m.holders},
           {"owner", slot_owner(m)},
           {"duplicate_of", m.dup_primary == kvbm::shm::kNil ? json(nullptr) : json(m.dup_primary)},
