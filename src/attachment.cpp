@@ -199,6 +199,9 @@ std::optional<Attachment::Lock> Attachment::lock_quiet() noexcept {
 }
 
 void Attachment::release_holder(std::uint32_t slot) noexcept {
+  // Declared before the lock, so destroyed after it is released: dropping the last reference
+  // detaches, which takes the lock again.
+  std::shared_ptr<Attachment> last_reference;
   auto l = lock_quiet();
   if (!l) {
     return;
@@ -211,6 +214,9 @@ void Attachment::release_holder(std::uint32_t slot) noexcept {
   store_->begin(shm::IntentOp::kRelease, me_);
   store_->release_holder(slot, me_);
   store_->commit();
+  if (--held_slots_ == 0) {
+    last_reference = std::move(self_);
+  }
 }
 
 std::size_t Attachment::reap_dead_processes() {

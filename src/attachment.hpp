@@ -26,7 +26,7 @@ namespace kvbm::detail {
 /// Bumped in a fork child: every Attachment inherited from the parent then refuses to work.
 extern std::atomic<std::uint64_t> g_fork_generation;
 
-class Attachment {
+class Attachment : public std::enable_shared_from_this<Attachment> {
  public:
   /// Claims a process-table entry (reaping a dead predecessor) on an opened segment.
   static Result<std::shared_ptr<Attachment>> attach(std::unique_ptr<Segment> segment);
@@ -107,8 +107,22 @@ class Attachment {
     return seg_->slots()[slot].generation.load(std::memory_order_acquire);
   }
 
+  /// Under the store mutex, for every ImmutableBlock the store grants (acquire, register): one
+  /// more local count of the slot, and if the grant set this entry's holder bit, one more held
+  /// slot. ImmutableBlocks keep the attachment alive through their held slots, not each through a
+  /// reference count: while any slot is held the attachment holds a reference to itself
+  /// (`self_`), dropped when the last held slot is released. So copying, matching an already
+  /// held block and dropping a non-last copy change only the slot's local count.
+  void hold(Grant g) {
+    local_[g.slot].fetch_add(1, std::memory_order_relaxed);
+    if (g.newly_held && held_slots_++ == 0) {
+      self_ = shared_from_this();
+    }
+  }
   /// Called when this process's count for `slot` reached 0: clears the holder bit (and releases
-  /// the slot) if the count is still 0 under the mutex. Never throws.
+  /// the slot) if the count is still 0 under the mutex. Never throws. May destroy this attachment
+  /// (its last held slot gone and nothing else referring to it): the caller must not touch it
+  /// afterwards.
   void release_holder(std::uint32_t slot) noexcept;
   /// Reaps every dead process entry; returns how many.
   std::size_t reap_dead_processes();
@@ -140,6 +154,12 @@ class Attachment {
   std::uint64_t incarnation_ = 0;
   std::uint64_t fork_generation_ = 0;
   std::unique_ptr<std::atomic<std::uint32_t>[]> local_;
+  // Guarded by the store mutex: slots whose holder bit this attachment set and has not cleared,
+  // and the self-reference that keeps the attachment alive while there are any. (Bits cleared by
+  // a reaper after this attachment was fenced are never counted down: a fenced attachment stays
+  // allocated, which is harmless.)
+  std::uint64_t held_slots_ = 0;
+  std::shared_ptr<Attachment> self_;
 };
 
 }  // namespace kvbm::detail

@@ -230,7 +230,7 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       const detail::Registered r =
           store.register_staged(HandleAccess::grant(blocks[i]), att_->me(), policy);
-      att_->local(r.block.slot).fetch_add(1, std::memory_order_relaxed);
+      att_->hold(r.block);
       results[i] = r.block;
     }
     store.count(shm::kRegistrations, blocks.size());
@@ -258,7 +258,7 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
       if (!g) {
         break;
       }
-      att_->local(g->slot).fetch_add(1, std::memory_order_relaxed);
+      att_->hold(*g);
       grants.push_back(*g);
     }
     store.count(shm::kMatchHashesRequested, hashes.size());
@@ -268,7 +268,7 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
   std::vector<ImmutableBlock> out;
   out.reserve(grants.size());
   for (std::size_t i = 0; i < grants.size(); ++i) {
-    HandleAccess::append_immutable(out, att_, grants[i], hashes[i]);
+    HandleAccess::append_immutable(out, att_.get(), grants[i], hashes[i]);
   }
   return out;
 }
@@ -284,7 +284,7 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
     for (std::size_t i = 0; i < hashes.size(); ++i) {
       grants[i] = store.acquire(hashes[i], att_->me(), /*touch=*/true);
       if (grants[i]) {
-        att_->local(grants[i]->slot).fetch_add(1, std::memory_order_relaxed);
+        att_->hold(*grants[i]);
         ++hits;
       }
     }
@@ -295,7 +295,7 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
   std::vector<std::optional<ImmutableBlock>> out(hashes.size());
   for (std::size_t i = 0; i < hashes.size(); ++i) {
     if (grants[i]) {
-      out[i] = HandleAccess::make_immutable(att_, *grants[i], hashes[i]);
+      out[i] = HandleAccess::make_immutable(att_.get(), *grants[i], hashes[i]);
     }
   }
   return out;
@@ -315,7 +315,7 @@ std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
         continue;
       }
       if (auto g = store.acquire(h, att_->me(), touch)) {
-        att_->local(g->slot).fetch_add(1, std::memory_order_relaxed);
+        att_->hold(*g);
         found.emplace_back(h, *g);
       }
     }
@@ -324,7 +324,7 @@ std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
     return true;
   });
   for (const auto& [h, g] : found) {
-    out.emplace(h, HandleAccess::make_immutable(att_, g, h));
+    out.emplace(h, HandleAccess::make_immutable(att_.get(), g, h));
   }
   return out;
 }

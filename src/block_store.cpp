@@ -345,7 +345,7 @@ Registered BlockStore::register_staged(Grant g,
     m.keepalive = 0;
     index_.insert(m.hash_hi, m.hash_lo, g.slot);
     KVBM_CRASH_POINT("register.indexed");
-    return Registered{g, false};
+    return Registered{Grant{g.slot, g.generation, true}, false};
   }
   auto& pm = slots_[p];
   log(p);
@@ -361,13 +361,14 @@ Registered BlockStore::register_staged(Grant g,
     m.holders = bit(actor);
     pm.keepalive += 1;
     count(shm::kDuplicateBlocks);
-    return Registered{g, false};
+    return Registered{Grant{g.slot, g.generation, true}, false};
   }
   to_reset(g.slot);
   KVBM_CRASH_POINT("register.rejected");
+  const bool newly_held = (pm.holders & bit(actor)) == 0;
   pm.holders |= bit(actor);
   count(shm::kRegistrationDedup);
-  return Registered{Grant{p, pm.generation.load(std::memory_order_relaxed)}, true};
+  return Registered{Grant{p, pm.generation.load(std::memory_order_relaxed), newly_held}, true};
 }
 
 std::optional<Grant> BlockStore::acquire(SequenceHash hash,
@@ -381,15 +382,17 @@ std::optional<Grant> BlockStore::acquire(SequenceHash hash,
     backend_->touch(hash.hi(), hash.lo());
   }
   auto& pm = slots_[p];
+  bool newly_held = false;
   if (pm.state == st(SlotState::kInactive) || (pm.holders & bit(actor)) == 0) {
     checkpoint(4);
     log(p);
     if (pm.state == st(SlotState::kInactive)) {
       resurrect(p);
     }
+    newly_held = (pm.holders & bit(actor)) == 0;
     pm.holders |= bit(actor);
   }
-  return Grant{p, pm.generation.load(std::memory_order_relaxed)};
+  return Grant{p, pm.generation.load(std::memory_order_relaxed), newly_held};
 }
 
 bool BlockStore::holds(std::uint32_t slot, std::uint32_t actor) const noexcept {

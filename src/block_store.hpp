@@ -33,6 +33,7 @@ namespace kvbm::detail {
 struct Grant {
   std::uint32_t slot;
   std::uint32_t generation;
+  bool newly_held = false;  // acquire / register: this call set the actor's holder bit
 };
 
 struct Registered {

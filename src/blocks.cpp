@@ -4,6 +4,7 @@
 #include "kvbm/blocks.hpp"
 
 #include <stdexcept>
+#include <utility>
 
 #include "attachment.hpp"
 #include "handle_access.hpp"
@@ -38,12 +39,15 @@ std::span<std::byte> payload_of(Attachment& att, BlockId id) {
   return {base + std::uint64_t{id} * bpb, static_cast<std::size_t>(bpb)};
 }
 
-Attachment& require(const std::shared_ptr<Attachment>& att, const char* what) {
-  if (!att) {
+Attachment& require(Attachment* att, const char* what) {
+  if (att == nullptr) {
     throw std::logic_error(std::string("kvbm: use of an empty ") + what);
   }
   att->check_fork();
   return *att;
+}
+Attachment& require(const std::shared_ptr<Attachment>& att, const char* what) {
+  return require(att.get(), what);
 }
 
 }  // namespace
@@ -144,7 +148,7 @@ MutableBlock CompleteBlock::reset() && {
 
 ImmutableBlock::ImmutableBlock(const ImmutableBlock& o)
     : att_(o.att_), id_(o.id_), gen_(o.gen_), hash_(o.hash_) {
-  if (att_) {
+  if (att_ != nullptr) {
     att_->local(id_).fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -158,12 +162,12 @@ ImmutableBlock& ImmutableBlock::operator=(const ImmutableBlock& o) {
 }
 
 ImmutableBlock::ImmutableBlock(ImmutableBlock&& o) noexcept
-    : att_(std::move(o.att_)), id_(o.id_), gen_(o.gen_), hash_(o.hash_) {}
+    : att_(std::exchange(o.att_, nullptr)), id_(o.id_), gen_(o.gen_), hash_(o.hash_) {}
 
 ImmutableBlock& ImmutableBlock::operator=(ImmutableBlock&& o) noexcept {
   if (this != &o) {
     release();
-    att_ = std::move(o.att_);
+    att_ = std::exchange(o.att_, nullptr);
     id_ = o.id_;
     gen_ = o.gen_;
     hash_ = o.hash_;
@@ -172,13 +176,15 @@ ImmutableBlock& ImmutableBlock::operator=(ImmutableBlock&& o) noexcept {
 }
 
 void ImmutableBlock::release() noexcept {
-  if (!att_) {
+  Attachment* att = std::exchange(att_, nullptr);
+  if (att == nullptr) {
     return;
   }
-  if (!att_->forked() && att_->local(id_).fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    att_->release_holder(id_);
+  // The last local count of the slot: release_holder may destroy the attachment, so nothing
+  // touches it afterwards.
+  if (!att->forked() && att->local(id_).fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    att->release_holder(id_);
   }
-  att_.reset();
 }
 
 std::size_t ImmutableBlock::use_count() const {
@@ -186,8 +192,8 @@ std::size_t ImmutableBlock::use_count() const {
 }
 
 WeakBlock ImmutableBlock::downgrade() const {
-  require(att_, "ImmutableBlock");
-  return detail::HandleAccess::make_weak(att_, Grant{id_, gen_}, hash_);
+  Attachment& att = require(att_, "ImmutableBlock");
+  return detail::HandleAccess::make_weak(att.shared_from_this(), Grant{id_, gen_}, hash_);
 }
 
 void ImmutableBlock::set_reset_on_release(bool value) const {
@@ -215,7 +221,8 @@ std::optional<ImmutableBlock> WeakBlock::upgrade() const {
   std::uint32_t c = count.load(std::memory_order_relaxed);
   while (c > 0) {
     if (count.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) {
-      ImmutableBlock held = detail::HandleAccess::make_immutable(att_, Grant{id_, gen_}, hash_);
+      ImmutableBlock held =
+          detail::HandleAccess::make_immutable(att_.get(), Grant{id_, gen_}, hash_);
       if (att.slot_generation(id_) == gen_) {
         return held;
       }
@@ -225,14 +232,14 @@ std::optional<ImmutableBlock> WeakBlock::upgrade() const {
   const std::optional<Grant> g = att.run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
     auto acquired = store.acquire(hash_, att.me());
     if (acquired) {
-      att.local(acquired->slot).fetch_add(1, std::memory_order_relaxed);
+      att.hold(*acquired);
     }
     return acquired;
   });
   if (!g) {
     return std::nullopt;
   }
-  return detail::HandleAccess::make_immutable(att_, *g, hash_);
+  return detail::HandleAccess::make_immutable(att_.get(), *g, hash_);
 }
 
 }  // namespace kvbm

@@ -32,7 +32,7 @@ struct HandleAccess {
   }
   /// make_immutable, built in place at the end of `out`.
   static void append_immutable(std::vector<ImmutableBlock>& out,
-                               const std::shared_ptr<Attachment>& att,
+                               Attachment* att,
                                Grant g,
                                SequenceHash h) {
     ImmutableBlock& b = out.emplace_back();
@@ -41,13 +41,13 @@ struct HandleAccess {
     b.gen_ = g.generation;
     b.hash_ = h;
   }
-  /// A registered CompleteBlock's ImmutableBlock, built in place at the end of `out`: it takes
-  /// over the CompleteBlock's attachment reference (no count change; the store consumed the
-  /// staged slot, so the CompleteBlock must not release it). Requires: the local count of
-  /// g.slot was already incremented for the new handle.
+  /// A registered CompleteBlock's ImmutableBlock, built in place at the end of `out`; the
+  /// CompleteBlock is emptied without releasing anything (the store consumed the staged slot).
+  /// Requires: Attachment::hold(g) was already done for the new handle.
   static void append_immutable_from(std::vector<ImmutableBlock>& out, CompleteBlock& c, Grant g) {
     ImmutableBlock& b = out.emplace_back();
-    b.att_ = std::move(c.att_);
+    b.att_ = c.att_.get();
+    c.att_.reset();  // the held slot keeps the attachment alive now (Attachment::hold)
     b.id_ = g.slot;
     b.gen_ = g.generation;
     b.hash_ = c.hash_;
@@ -60,10 +60,9 @@ struct HandleAccess {
     b.hash_ = h;
     return b;
   }
-  /// Requires: the local count of g.slot was already incremented for this handle.
-  static ImmutableBlock make_immutable(const std::shared_ptr<Attachment>& att,
-                                       Grant g,
-                                       SequenceHash h) {
+  /// Requires: Attachment::hold(g) (or, on the WeakBlock fast path, an increment of a non-zero
+  /// local count) was already done for this handle.
+  static ImmutableBlock make_immutable(Attachment* att, Grant g, SequenceHash h) {
     ImmutableBlock b;
     b.att_ = att;
     b.id_ = g.slot;

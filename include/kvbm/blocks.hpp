@@ -144,7 +144,9 @@ class ImmutableBlock {
  private:
   friend struct detail::HandleAccess;
   void release() noexcept;
-  std::shared_ptr<detail::Attachment> att_;
+  // Not a counted reference: the slot this handle holds keeps the attachment alive (a process's
+  // held slots pin its attachment), so copies and drops change only a per-slot count.
+  detail::Attachment* att_ = nullptr;
   BlockId id_ = 0;
   std::uint32_t gen_ = 0;
   SequenceHash hash_;

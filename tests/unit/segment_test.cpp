@@ -1305,6 +1305,43 @@ TEST_CASE("dropping the last shared_ptr<BlockManager> detaches and frees its ent
     CHECK(next->process_index() == b_index);
     CHECK(a->verify().empty());
   }
+  SECTION("registered blocks outliving their manager keep it attached until the last drop") {
+    auto blocks = again->allocate_blocks(2);
+    REQUIRE(blocks);
+    std::vector<CompleteBlock> staged;
+    for (std::uint64_t i = 0; i < 2; ++i) {
+      auto c = std::move((*blocks)[i])
+                   .stage(SequenceHash::make(70 + i, std::nullopt, 0), again->block_size());
+      REQUIRE(c);
+      staged.push_back(std::move(*c));
+    }
+    auto held = again->register_blocks(std::move(staged));
+    const BlockId first = held[0].block_id();
+    const BlockId second = held[1].block_id();
+    ImmutableBlock copy = held[0];
+    WeakBlock weak = held[1].downgrade();
+    again.reset();
+    // Copies, flags, upgrades and payload access still work without the manager.
+    CHECK(metric(*a, "kvbm_attached_processes") == 2);
+    CHECK(copy.use_count() == 2);
+    held[0].set_reset_on_release(true);
+    auto up = weak.upgrade();
+    REQUIRE(up);
+    CHECK(up->block_id() == second);
+    held.clear();
+    CHECK(a->inspect_block(first).state == SlotState::kPrimary);   // `copy` still holds it
+    CHECK(a->inspect_block(second).state == SlotState::kPrimary);  // `up` still holds it
+    copy = ImmutableBlock();
+    CHECK(a->inspect_block(first).state == SlotState::kReset);  // released, reset-on-release
+    up.reset();
+    CHECK(a->inspect_block(second).state == SlotState::kInactive);
+    CHECK(metric(*a, "kvbm_attached_processes") == 2);  // the WeakBlock keeps the attachment
+    weak = WeakBlock();
+    CHECK(metric(*a, "kvbm_attached_processes") == 1);  // detached with its last handle
+    CHECK(a->verify().empty());
+    auto next = seg.open();
+    CHECK(next->process_index() == b_index);
+  }
   SECTION("a single-entry table is reusable after the only manager is dropped") {
     again.reset();
     a.reset();
