@@ -99,20 +99,20 @@ if [ "$quick" = 1 ] || [ -n "$only" ]; then
 fi
 
 # The intent record's cost on case 1: the same benchmark against a library built without it,
-# alternated five times so that load hits both; median of the five medians.
+# alternated nine times so that load hits both; median of the nine medians.
 echo "measuring the intent record's cost on case 1 ..."
 with=(); without=()
-for i in 1 2 3 4 5; do
+for i in 1 2 3 4 5 6 7 8 9; do
   "$build/tools/kvbm-bench" --only 1 --reps 9 --csv "$fragment.a" >/dev/null
   "$build/tools/kvbm-bench-nointent" --only 1 --reps 9 --csv "$fragment.b" >/dev/null
   with+=("$(grep '^1,' "$fragment.a" | cut -d, -f2)")
   without+=("$(grep '^1,' "$fragment.b" | cut -d, -f2)")
 done
-median() { printf '%s\n' "$@" | sort -g | sed -n 3p; }
+median() { printf '%s\n' "$@" | sort -g | sed -n 5p; }
 intent_with="$(median "${with[@]}")"
 intent_without="$(median "${without[@]}")"
-intent_pct="$(awk -v a="$intent_with" -v b="$intent_without" 'BEGIN { printf "%.1f", 100 * (a - b) / b }')"
-echo "case 1: ${intent_with} ns/block with the intent record, ${intent_without} without (+${intent_pct} %)"
+intent_pct="$(awk -v a="$intent_with" -v b="$intent_without" 'BEGIN { printf "%+.1f", 100 * (a - b) / b }')"
+echo "case 1: ${intent_with} ns/block with the intent record, ${intent_without} without (${intent_pct} %)"
 
 cpu="$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 compiler="$(c++ --version | head -1)"
@@ -147,7 +147,8 @@ EOF
 
 Case 1 run alternately against the library and against the same library built with
 \`KVBM_BENCH_NO_INTENT\` (the intent record compiled out; never crash-safe, benchmark only),
-five runs of 9 repetitions each, median of the five medians:
+nine runs of 9 repetitions each, median of the nine medians (a negative cost means the difference
+is below this machine's noise):
 
 | | ns/block |
 |---|---|
