@@ -23,11 +23,6 @@ constexpr std::uint8_t st(SlotState s) {
 constexpr std::uint64_t bit(std::uint32_t proc) {
   return std::uint64_t{1} << proc;
 }
-// Mutable and Staged slots are counted together (ControlBlock::state_counts[kMutable]): staging
-// happens without the mutex, so the split lives in the process entries (ProcEntry::stagings).
-constexpr std::uint8_t count_index(std::uint8_t state) {
-  return state == st(SlotState::kStaged) ? st(SlotState::kMutable) : state;
-}
 // A compiler barrier: stores before it are not moved after it. Process death (not power loss)
 // is the failure model, so program order of stores is all the intent protocol needs.
 inline void barrier() {
@@ -124,8 +119,8 @@ void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
 
 void BlockStore::set_state(shm::SlotMeta& m, SlotState s) noexcept {
   auto& counts = ctl_->state_counts;
-  const std::uint8_t from = count_index(m.state);
-  const std::uint8_t to = count_index(st(s));
+  const std::uint8_t from = shm::state_count_index(m.state);
+  const std::uint8_t to = shm::state_count_index(st(s));
   if (from != to) {
     counts[from].store(counts[from].load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     counts[to].store(counts[to].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);

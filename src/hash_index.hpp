@@ -85,9 +85,6 @@ class HashIndex {
 
   std::uint32_t capacity() const { return cap_; }
   const shm::IndexEntry& bucket(std::uint32_t i) const { return b_[i]; }
-  std::uint32_t home_of(std::uint32_t slot) const {
-    return home(tag_of(slots_[slot].hash_hi, slots_[slot].hash_lo));
-  }
   /// Starts loading the bucket a lookup of this hash reads first (an eviction about to erase it).
   void prefetch(std::uint64_t hi, std::uint64_t lo) const {
     __builtin_prefetch(&b_[home(tag_of(hi, lo))], 1);

@@ -68,10 +68,7 @@ std::vector<std::string> BlockStore::rebuild_derived() {
       problems.push_back(fmt::format("slot {}: invalid state value {}", s, m.state));
       continue;
     }
-    // Mutable and Staged are counted together (the split is per process entry).
-    ++counts[m.state == static_cast<std::uint8_t>(SlotState::kStaged)
-                 ? static_cast<std::uint8_t>(SlotState::kMutable)
-                 : m.state];
+    ++counts[shm::state_count_index(m.state)];
     if (m.state == static_cast<std::uint8_t>(SlotState::kPrimary)) {
       m.keepalive = 0;
     }

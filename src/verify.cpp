@@ -43,7 +43,7 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     // A live owner may stage its Mutable slot concurrently (without the mutex): read the state
     // once; Mutable and Staged are both "exclusive" for every check below.
     const std::uint8_t state = __atomic_load_n(&m.state, __ATOMIC_ACQUIRE);
-    ++counts[state];
+    ++counts[shm::state_count_index(state)];  // as ControlBlock::state_counts counts
     const bool exclusive = state == st(SlotState::kMutable) || state == st(SlotState::kStaged);
     if (exclusive && m.owner < shm::kMaxProcesses) {
       exclusive_of[m.owner] += 1;
@@ -100,9 +100,7 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
           fmt::format("slot {}: {} with a keep-alive count", s, state_name(m.state)));
     }
   }
-  // Mutable and Staged share one count; each entry accounts for its Staged slots itself.
-  counts[st(SlotState::kMutable)] += counts[st(SlotState::kStaged)];
-  counts[st(SlotState::kStaged)] = 0;
+  // Each entry accounts for its Staged slots itself.
   for (std::uint32_t p = 0; p < max_procs && p < shm::kMaxProcesses; ++p) {
     if (!entry_in_use(p)) {
       continue;

@@ -12,6 +12,7 @@
 #include "shm/intent.hpp"
 #include "shm/layout.hpp"
 #include "shm/robust_mutex.hpp"
+#include "shm/slot.hpp"
 
 namespace kvbm::shm {
 
@@ -41,6 +42,15 @@ struct SlotList {
   std::uint64_t length;
 };
 
+/// The state_counts entry of a slot state. Mutable and Staged slots are counted together under
+/// kMutable: staging happens without the mutex, so the split lives in the process entries
+/// (ProcEntry::stagings / destaged). kStaged's entry stays 0.
+constexpr std::uint8_t state_count_index(std::uint8_t state) {
+  return state == static_cast<std::uint8_t>(SlotState::kStaged)
+             ? static_cast<std::uint8_t>(SlotState::kMutable)
+             : state;
+}
+
 struct alignas(kCacheLine) ControlBlock {
   RobustMutex mutex;
   alignas(kCacheLine) Intent intent;
@@ -48,7 +58,7 @@ struct alignas(kCacheLine) ControlBlock {
   SlotList inactive_list;                      // LRU/FIFO backends: Inactive slots by tick
   SlotList level_lists[4];                     // MultiLRU backend: cold .. very hot, each by tick
   std::uint64_t next_tick;                     // monotonic order key for list positions
-  std::atomic<std::uint64_t> state_counts[8];  // slots per SlotState (derived)
+  std::atomic<std::uint64_t> state_counts[8];  // slots per state_count_index (derived)
   std::atomic<std::uint64_t> counters[kCounterSlots];
 };
 static_assert(ShmRegion<ControlBlock>);
