@@ -11,8 +11,8 @@
 
 #include <fmt/format.h>
 
-#include "inspect.hpp"
-#include "process_table.hpp"
+#include "tool/inspect.hpp"
+#include "segment/liveness.hpp"
 
 namespace kvbm::detail {
 

@@ -14,7 +14,7 @@
 #include "attachment.hpp"
 #include "handle_access.hpp"
 #include "metrics_reader.hpp"
-#include "segment.hpp"
+#include "segment/segment.hpp"
 
 namespace kvbm {
 

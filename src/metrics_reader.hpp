@@ -5,7 +5,7 @@
 
 #include "kvbm/metrics.hpp"
 
-#include "segment.hpp"
+#include "segment/segment.hpp"
 
 namespace kvbm::detail {
 MetricsSnapshot read_metrics(const Segment& segment);

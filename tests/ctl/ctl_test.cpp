@@ -37,7 +37,7 @@
 #include "shm/layout.hpp"
 #include "shm/slot.hpp"
 #include "support/temp_segment.hpp"
-#include "testing_hooks.hpp"
+#include "testing/hooks.hpp"
 
 #ifndef KVBM_CTL_PATH
 #error "KVBM_CTL_PATH must name the kvbm-ctl binary"

@@ -13,7 +13,7 @@
 
 #include "kvbm/kvbm.hpp"
 
-#include "crash_point.hpp"
+#include "store/crash_point.hpp"
 #include "support/temp_segment.hpp"
 
 namespace {

@@ -12,7 +12,7 @@
 #include "kvbm/kvbm.hpp"
 
 #include "support/temp_segment.hpp"
-#include "testing_hooks.hpp"
+#include "testing/hooks.hpp"
 
 namespace {
 using kvbm::BlockManager;

@@ -29,7 +29,7 @@
 
 #include "shm/header.hpp"
 #include "support/temp_segment.hpp"
-#include "testing_hooks.hpp"
+#include "testing/hooks.hpp"
 
 using namespace kvbm;
 using Catch::Matchers::Contains;

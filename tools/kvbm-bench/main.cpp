@@ -43,7 +43,7 @@
 
 #include "baseline.hpp"
 #include "harness.hpp"
-#include "testing_hooks.hpp"
+#include "testing/hooks.hpp"
 
 namespace kvbm_bench {
 namespace {

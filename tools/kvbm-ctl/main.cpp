@@ -17,9 +17,9 @@
 
 #include "kvbm/kvbm.hpp"
 
-#include "inspect.hpp"
+#include "tool/inspect.hpp"
 #include "metrics_reader.hpp"
-#include "segment.hpp"
+#include "segment/segment.hpp"
 
 namespace {
 

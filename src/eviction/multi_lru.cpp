@@ -8,10 +8,10 @@
 
 #include <fmt/format.h>
 
-#include "inactive_backend.hpp"
-#include "segment.hpp"
-#include "slot_list.hpp"
-#include "tiny_lfu.hpp"
+#include "eviction/backend.hpp"
+#include "segment/segment.hpp"
+#include "segment/slot_list.hpp"
+#include "eviction/tiny_lfu.hpp"
 
 namespace kvbm::detail {
 namespace {

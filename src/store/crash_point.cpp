@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Crash-point counter of the fault-injection build (see crash_point.hpp).
-#include "crash_point.hpp"
+#include "store/crash_point.hpp"
 
 namespace kvbm::detail {
 bool g_rollback_enabled = true;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "process_table.hpp"
+#include "segment/liveness.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "inspect.hpp"
+#include "tool/inspect.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "process_table.hpp"
+#include "segment/liveness.hpp"
 
 namespace kvbm::detail {
 

@@ -23,9 +23,9 @@
 #include "kvbm/config.hpp"
 #include "kvbm/sequence_hash.hpp"
 
-#include "hash_index.hpp"
-#include "inactive_backend.hpp"
-#include "segment.hpp"
+#include "store/hash_index.hpp"
+#include "eviction/backend.hpp"
+#include "segment/segment.hpp"
 #include "shm/intent.hpp"
 
 namespace kvbm::detail {

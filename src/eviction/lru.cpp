@@ -6,9 +6,9 @@
 
 #include <fmt/format.h>
 
-#include "inactive_backend.hpp"
-#include "segment.hpp"
-#include "slot_list.hpp"
+#include "eviction/backend.hpp"
+#include "segment/segment.hpp"
+#include "segment/slot_list.hpp"
 
 namespace kvbm::detail {
 namespace {

@@ -32,9 +32,9 @@
 
 #include "kvbm/sequence_hash.hpp"
 
-#include "inactive_backend.hpp"
-#include "segment.hpp"
-#include "slot_list.hpp"
+#include "eviction/backend.hpp"
+#include "segment/segment.hpp"
+#include "segment/slot_list.hpp"
 
 namespace kvbm::detail {
 namespace {

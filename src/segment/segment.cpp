@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "segment.hpp"
+#include "segment/segment.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -19,9 +19,9 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <fmt/format.h>
 
-#include "inactive_backend.hpp"
-#include "process_table.hpp"
-#include "tiny_lfu.hpp"
+#include "eviction/backend.hpp"
+#include "segment/liveness.hpp"
+#include "eviction/tiny_lfu.hpp"
 
 namespace kvbm::detail {
 namespace bip = boost::interprocess;

@@ -13,8 +13,8 @@
 
 #include "kvbm/error.hpp"
 
-#include "block_store.hpp"
-#include "segment.hpp"
+#include "store/block_store.hpp"
+#include "segment/segment.hpp"
 
 namespace kvbm::detail {
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "testing_hooks.hpp"
+#include "testing/hooks.hpp"
 
 #include "attachment.hpp"
-#include "slot_atomics.hpp"
+#include "segment/slot_atomics.hpp"
 
 namespace kvbm::testing {
 

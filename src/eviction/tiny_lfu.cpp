@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "tiny_lfu.hpp"
+#include "eviction/tiny_lfu.hpp"
 
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>

@@ -3,7 +3,7 @@
 // corrupt). Liveness of process entries is checked by the caller, which can probe OFD locks.
 #include <fmt/format.h>
 
-#include "block_store.hpp"
+#include "store/block_store.hpp"
 
 namespace kvbm::detail {
 

@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "block_store.hpp"
+#include "store/block_store.hpp"
 
 #include <algorithm>
 #include <atomic>
 
 #include <fmt/format.h>
 
-#include "crash_point.hpp"
-#include "process_table.hpp"
-#include "slot_atomics.hpp"
-#include "slot_list.hpp"
+#include "store/crash_point.hpp"
+#include "segment/liveness.hpp"
+#include "segment/slot_atomics.hpp"
+#include "segment/slot_list.hpp"
 
 namespace kvbm::detail {
 
