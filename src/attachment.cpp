@@ -11,8 +11,8 @@
 
 #include <fmt/format.h>
 
-#include "tool/inspect.hpp"
 #include "segment/liveness.hpp"
+#include "tool/inspect.hpp"
 
 namespace kvbm::detail {
 

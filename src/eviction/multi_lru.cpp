@@ -9,9 +9,9 @@
 #include <fmt/format.h>
 
 #include "eviction/backend.hpp"
+#include "eviction/tiny_lfu.hpp"
 #include "segment/segment.hpp"
 #include "segment/slot_list.hpp"
-#include "eviction/tiny_lfu.hpp"
 
 namespace kvbm::detail {
 namespace {

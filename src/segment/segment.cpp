@@ -20,8 +20,8 @@
 #include <fmt/format.h>
 
 #include "eviction/backend.hpp"
-#include "segment/liveness.hpp"
 #include "eviction/tiny_lfu.hpp"
+#include "segment/liveness.hpp"
 
 namespace kvbm::detail {
 namespace bip = boost::interprocess;

@@ -19,7 +19,7 @@ enum class LockStatus { kOk, kOwnerDead, kNotRecoverable, kTimedOut, kError };
 
 struct RobustMutex {
   static constexpr long kWaitSliceNs = 20 * 1000 * 1000;  // 20 ms
-  static constexpr int kSpinLimit = 256;                   // pause loops: a few microseconds
+  static constexpr int kSpinLimit = 256;                  // pause loops: a few microseconds
   pthread_mutex_t m;
 
   /// Creator only, on zero-filled memory no other process can see yet.

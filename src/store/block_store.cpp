@@ -6,10 +6,10 @@
 
 #include <fmt/format.h>
 
-#include "store/crash_point.hpp"
 #include "segment/liveness.hpp"
 #include "segment/slot_atomics.hpp"
 #include "segment/slot_list.hpp"
+#include "store/crash_point.hpp"
 
 namespace kvbm::detail {
 

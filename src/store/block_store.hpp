@@ -23,10 +23,10 @@
 #include "kvbm/config.hpp"
 #include "kvbm/sequence_hash.hpp"
 
-#include "store/hash_index.hpp"
 #include "eviction/backend.hpp"
 #include "segment/segment.hpp"
 #include "shm/intent.hpp"
+#include "store/hash_index.hpp"
 
 namespace kvbm::detail {
 

@@ -7,9 +7,9 @@
 
 #include <fmt/format.h>
 
+#include "segment/slot_list.hpp"
 #include "store/block_store.hpp"
 #include "store/crash_point.hpp"
-#include "segment/slot_list.hpp"
 
 namespace kvbm::detail {
 

@@ -13,8 +13,8 @@
 
 #include "kvbm/error.hpp"
 
-#include "store/block_store.hpp"
 #include "segment/segment.hpp"
+#include "store/block_store.hpp"
 
 namespace kvbm::detail {
 

@@ -42,10 +42,10 @@
 
 #include "attachment.hpp"
 #include "eviction/backend.hpp"
+#include "eviction/tiny_lfu.hpp"
 #include "segment/segment.hpp"
 #include "support/temp_segment.hpp"
 #include "testing/hooks.hpp"
-#include "eviction/tiny_lfu.hpp"
 
 namespace Catch {
 template <>
@@ -311,8 +311,8 @@ void expect_one_recovery(BlockManager& m) {
 /// TinyLFU written from spec 7.7 alone: 4-bit counters packed 16 per u64, table of
 /// max(1, capacity/4) words, four XXH3-64 hashes of the u128 key's little-endian bytes with the
 /// secrets derived from seeds 0..3 (seed 0 = the default secret), index = hash % len,
-/// counter = the hash's top 4 bits (kvbm's fix of spec 7.7's `hash & 15`, see src/eviction/tiny_lfu.cpp),
-/// halving after capacity*10 growing increments.
+/// counter = the hash's top 4 bits (kvbm's fix of spec 7.7's `hash & 15`, see
+/// src/eviction/tiny_lfu.cpp), halving after capacity*10 growing increments.
 class SketchModel {
  public:
   explicit SketchModel(std::uint32_t capacity)

@@ -17,9 +17,9 @@
 
 #include "kvbm/kvbm.hpp"
 
-#include "tool/inspect.hpp"
 #include "metrics_reader.hpp"
 #include "segment/segment.hpp"
+#include "tool/inspect.hpp"
 
 namespace {
 
