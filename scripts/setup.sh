@@ -8,6 +8,9 @@ PACKAGES=(
   g++ cmake make
   libboost-dev libfmt-dev libcli11-dev catch2 libxxhash-dev
   nlohmann-json3-dev libexpected-dev libbenchmark-dev
+  pybind11-dev python3-dev python3-pytest python3-numpy            # Python package (section 9)
+  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev python3-zmq python3-msgpack   # KV events (section 10)
+  prometheus-cpp-dev prometheus                                    # metrics endpoint, promtool
   "$@"
 )
 
