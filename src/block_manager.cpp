@@ -329,6 +329,58 @@ std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
   return out;
 }
 
+std::string_view to_string(HashPresence p) noexcept {
+  switch (p) {
+    case HashPresence::kAbsent:
+      return "absent";
+    case HashPresence::kCached:
+      return "cached";
+    case HashPresence::kResetOnRelease:
+      return "reset_on_release";
+  }
+  return "unknown";
+}
+
+std::vector<HashPresence> BlockManager::peek_blocks(std::span<const SequenceHash> hashes) const {
+  std::vector<HashPresence> out(hashes.size(), HashPresence::kAbsent);
+  // Read-only: the lock without an intent record (nothing to roll back).
+  auto lock = att_->lock();
+  detail::BlockStore& store = att_->store();
+  const shm::SlotMeta* slots = att_->segment().slots();
+  const std::uint32_t n = att_->config().block_count;
+  for (const SequenceHash& h : hashes) {
+    store.prefetch_lookup(h);
+  }
+  for (std::size_t i = 0; i < hashes.size(); ++i) {
+    const std::uint32_t slot = store.find(hashes[i]);
+    if (slot >= n) {
+      continue;  // kNil (or an index entry out of range, which verify() reports)
+    }
+    const shm::SlotMeta& m = slots[slot];
+    const bool primary = m.state == static_cast<std::uint8_t>(shm::SlotState::kPrimary);
+    out[i] =
+        primary && m.reset_on_release != 0 ? HashPresence::kResetOnRelease : HashPresence::kCached;
+  }
+  return out;
+}
+
+std::size_t BlockManager::lookup_prefix(std::span<const SequenceHash> hashes) const {
+  auto lock = att_->lock();
+  detail::BlockStore& store = att_->store();
+  const shm::SlotMeta* slots = att_->segment().slots();
+  const std::uint32_t n = att_->config().block_count;
+  std::size_t found = 0;
+  for (const SequenceHash& h : hashes) {
+    const std::uint32_t slot = store.find(h);
+    if (slot >= n || (slots[slot].state == static_cast<std::uint8_t>(shm::SlotState::kPrimary) &&
+                      slots[slot].reset_on_release != 0)) {
+      break;
+    }
+    ++found;
+  }
+  return found;
+}
+
 Result<void> BlockManager::reset_inactive_pool() {
   std::uint64_t in_use = 0;
   att_->run(IntentOp::kDrain, [&](detail::BlockStore& store) {

@@ -3,8 +3,12 @@
 // attachment was fenced or poisoned (the reaper / kvbm-ctl repair own the slot then).
 #include "kvbm/blocks.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <utility>
+
+#include <fmt/format.h>
 
 #include "attachment.hpp"
 #include "handle_access.hpp"
@@ -37,6 +41,18 @@ std::span<std::byte> payload_of(Attachment& att, BlockId id) {
     return {};
   }
   return {base + std::uint64_t{id} * bpb, static_cast<std::size_t>(bpb)};
+}
+
+// The key recorded in a slot's key record. The length byte is read from shared memory: a value
+// beyond the capacity (a damaged image) yields the whole capacity, never bytes past the record.
+std::span<const std::byte> key_of(Attachment& att, BlockId id) {
+  const std::byte* rec = att.segment().key_record(id);
+  if (rec == nullptr) {
+    return {};
+  }
+  const std::uint32_t cap = att.config().key_bytes;
+  const auto len = std::min<std::uint32_t>(static_cast<std::uint8_t>(rec[0]), cap);
+  return {rec + shm::kKeyLengthBytes, len};
 }
 
 Attachment& require(Attachment* att, const char* what) {
@@ -73,6 +89,27 @@ void MutableBlock::release() noexcept {
 
 std::uint32_t MutableBlock::block_size() const {
   return require(att_, "MutableBlock").config().block_size;
+}
+
+std::span<const std::byte> MutableBlock::key() const {
+  return key_of(require(att_, "MutableBlock"), id_);
+}
+
+void MutableBlock::set_key(std::span<const std::byte> key) {
+  Attachment& att = require(att_, "MutableBlock");
+  const std::uint32_t cap = att.config().key_bytes;
+  if (key.size() > cap) {
+    throw std::invalid_argument(
+        fmt::format("kvbm: a key of {} bytes does not fit segment '{}' (key_bytes = {})",
+                    key.size(), att.config().name, cap));
+  }
+  std::byte* rec = att.segment().key_record(id_);
+  if (rec == nullptr) {
+    return;  // cap == 0: only the empty key fits, and there is nowhere to keep it
+  }
+  // The slot is this process's Mutable slot: nobody else reads or writes its record now.
+  std::memcpy(rec + shm::kKeyLengthBytes, key.data(), key.size());
+  rec[0] = static_cast<std::byte>(key.size());
 }
 
 std::span<std::byte> MutableBlock::data() {
@@ -129,6 +166,10 @@ void CompleteBlock::release() noexcept {
 
 std::uint32_t CompleteBlock::block_size() const {
   return require(att_, "CompleteBlock").config().block_size;
+}
+
+std::span<const std::byte> CompleteBlock::key() const {
+  return key_of(require(att_, "CompleteBlock"), id_);
 }
 
 MutableBlock CompleteBlock::reset() && {
@@ -202,6 +243,10 @@ void ImmutableBlock::set_reset_on_release(bool value) const {
     store.set_reset_on_release(id_, value);
     return true;
   });
+}
+
+std::span<const std::byte> ImmutableBlock::key() const {
+  return key_of(require(att_, "ImmutableBlock"), id_);
 }
 
 std::span<const std::byte> ImmutableBlock::data() const {

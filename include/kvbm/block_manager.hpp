@@ -44,6 +44,14 @@ struct BlockInfo {
   bool reset_on_release;
 };
 
+/// What a lookup without side effects finds for a hash (BlockManager::peek_blocks).
+enum class HashPresence : std::uint8_t {
+  kAbsent,          // not registered (a Staged block of that hash does not count)
+  kCached,          // Inactive, or Primary and staying cached when its holders release it
+  kResetOnRelease,  // Primary marked reset-on-release: leaves the cache with its last holder
+};
+std::string_view to_string(HashPresence p) noexcept;  // "absent", "cached", "reset_on_release"
+
 class BlockManager {
  public:
   /// Creates the segment; kAlreadyExists if it is present, kInvalidConfig for a bad config.
@@ -86,6 +94,14 @@ class BlockManager {
   /// Every found hash once. `touch` feeds the frequency sketch (MultiLRU).
   std::unordered_map<SequenceHash, ImmutableBlock> scan_matches(
       std::span<const SequenceHash> hashes, bool touch);
+
+  /// One entry per hash, under one lock, with no side effect at all: nothing is acquired or
+  /// resurrected, and no recency, frequency sketch or metric changes (a match would move an
+  /// Inactive block to the back of the eviction order).
+  std::vector<HashPresence> peek_blocks(std::span<const SequenceHash> hashes) const;
+  /// The number of leading hashes that are kCached (peek_blocks stopping at the first that is
+  /// not): how much of a prefix a later match_blocks can find, asked without touching anything.
+  std::size_t lookup_prefix(std::span<const SequenceHash> hashes) const;
 
   /// Drains the inactive pool to Reset; then kBlocksInUse if any block is not Reset.
   Result<void> reset_inactive_pool();

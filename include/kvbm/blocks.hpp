@@ -50,6 +50,15 @@ class MutableBlock {
   std::uint32_t block_size() const;
   /// Payload bytes of this block; empty when the segment has no payload region.
   std::span<std::byte> data();
+  /// Records the block's application key (SegmentConfig::key_bytes) in the segment; it stays
+  /// with the block through staging and registration, for every process. Throws
+  /// std::invalid_argument if the key is longer than key_bytes.
+  void set_key(std::span<const std::byte> key);
+  /// The key last recorded in this block's slot: the one set_key wrote, or, for a block that
+  /// allocate_blocks_with_evictions took by eviction, the evicted block's key until set_key
+  /// replaces it; for other blocks, a stale key of an earlier life or empty. Empty when the
+  /// segment keeps no keys.
+  std::span<const std::byte> key() const;
   /// Mutable -> Staged. On size mismatch the error hands the block back untouched:
   /// error().expected, .actual, .block. Takes no lock (the slot is this process's own).
   /// Throws std::invalid_argument for the one reserved hash value (all 128 bits set, mode 3,
@@ -102,6 +111,8 @@ class CompleteBlock {
   BlockId block_id() const { return id_; }
   std::uint32_t block_size() const;
   SequenceHash sequence_hash() const { return hash_; }
+  /// The key recorded with set_key before staging (see MutableBlock::key).
+  std::span<const std::byte> key() const;
   /// Staged -> Mutable (the reset-on-release flag goes back to the segment default).
   MutableBlock reset() &&;
 
@@ -140,6 +151,8 @@ class ImmutableBlock {
   /// resurrection; back to the segment default when the slot next becomes Mutable.
   void set_reset_on_release(bool value) const;
   std::span<const std::byte> data() const;
+  /// The key recorded with MutableBlock::set_key by the process that stored the block.
+  std::span<const std::byte> key() const;
 
  private:
   friend struct detail::HandleAccess;

@@ -43,6 +43,15 @@ struct SegmentConfig {
   std::uint64_t bytes_per_block = 0;
   /// Mode of the shm object(s). Default: 0600 (owner only); 0660 shares with the group.
   std::uint32_t permissions = 0600;
+  /// Capacity of each block's application key (MutableBlock::set_key), kept in the segment next
+  /// to the block's sequence hash: e.g. the inference engine's own block hash, so that evicted
+  /// blocks can be reported under it. 0..64; 0 = no keys. Default: 0.
+  std::uint32_t key_bytes = 0;
+  /// What the payload holds, as the application identifies it (e.g. a hash of the model and its
+  /// KV layout). kvbm only records it: open_or_create refuses a segment with another value, so
+  /// processes that would read each other's bytes differently never share a segment.
+  /// Default: 0.
+  std::uint64_t layout_tag = 0;
 };
 
 }  // namespace kvbm

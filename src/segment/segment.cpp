@@ -78,6 +78,10 @@ std::uint64_t compute_fingerprint() {
                                  sizeof(LineageHeapEntry),
                                  kLineageHeapArity,
                                  kLineageKeyNodeBits,
+                                 kMaxKeyBytes,
+                                 kKeyLengthBytes,
+                                 KVBM_FP_OFF(ConfigRecord, key_bytes),
+                                 KVBM_FP_OFF(ConfigRecord, layout_tag),
                                  kCacheLine,
                                  kMaxProcesses,
                                  kLivenessLockBase};
@@ -175,6 +179,9 @@ Layout compute_layout(const shm::ConfigRecord& c) {
   if (c.eviction == static_cast<std::uint32_t>(EvictionPolicy::kLineage)) {
     place(shm::kRegionLineage, lineage_geometry(c.block_count).bytes);
   }
+  if (c.key_bytes > 0) {
+    place(shm::kRegionKeys, std::uint64_t{c.block_count} * shm::key_record_bytes(c.key_bytes));
+  }
   l.total_bytes = off;
   return l;
 }
@@ -247,6 +254,9 @@ Result<void> validate_config(const SegmentConfig& c) {
       c.bytes_per_block > (std::uint64_t{1} << 40) / std::max<std::uint64_t>(1, c.block_count)) {
     return bad("payload region would exceed 1 TiB (bytes_per_block x block_count)");
   }
+  if (c.key_bytes > shm::kMaxKeyBytes) {
+    return bad(fmt::format("key_bytes {} must be at most {}", c.key_bytes, shm::kMaxKeyBytes));
+  }
   return {};
 }
 
@@ -265,6 +275,8 @@ shm::ConfigRecord to_record(const SegmentConfig& c) {
   }
   r.permissions = c.permissions;
   r.bytes_per_block = c.bytes_per_block;
+  r.key_bytes = c.key_bytes;
+  r.layout_tag = c.layout_tag;
   return r;
 }
 
@@ -284,6 +296,8 @@ SegmentConfig from_record(std::string_view name, const shm::ConfigRecord& r) {
   }
   c.permissions = r.permissions;
   c.bytes_per_block = r.bytes_per_block;
+  c.key_bytes = r.key_bytes;
+  c.layout_tag = r.layout_tag;
   return c;
 }
 
@@ -308,6 +322,10 @@ std::string first_config_difference(const SegmentConfig& a, const SegmentConfig&
     return "frequency_capacity";
   if (a.bytes_per_block != b.bytes_per_block)
     return "bytes_per_block";
+  if (a.key_bytes != b.key_bytes)
+    return "key_bytes";
+  if (a.layout_tag != b.layout_tag)
+    return "layout_tag";
   return {};
 }
 
@@ -332,6 +350,10 @@ void Segment::bind_regions() {
   lineage_ = r[shm::kRegionLineage].bytes == 0
                  ? nullptr
                  : reinterpret_cast<shm::LineageHeader*>(base + r[shm::kRegionLineage].offset);
+  keys_ = r[shm::kRegionKeys].bytes == 0
+              ? nullptr
+              : reinterpret_cast<std::byte*>(base + r[shm::kRegionKeys].offset);
+  key_record_bytes_ = shm::key_record_bytes(config_.key_bytes);
   sketch_ = r[shm::kRegionSketch].bytes == 0
                 ? nullptr
                 : reinterpret_cast<shm::SketchHeader*>(base + r[shm::kRegionSketch].offset);

@@ -15,6 +15,7 @@
 #include "kvbm/config.hpp"
 #include "kvbm/error.hpp"
 
+#include "shm/block_key.hpp"
 #include "shm/control.hpp"
 #include "shm/hash_index_entry.hpp"
 #include "shm/header.hpp"
@@ -75,6 +76,11 @@ class Segment {
   shm::SlotMeta* slots() const { return slots_; }
   shm::IndexEntry* index() const { return index_; }
   std::byte* payload() const { return payload_; }
+  /// The key record of `slot` ([length][bytes], see shm/block_key.hpp), or nullptr when the
+  /// segment keeps no keys. Requires slot < block_count().
+  std::byte* key_record(std::uint32_t slot) const {
+    return keys_ == nullptr ? nullptr : keys_ + std::uint64_t{slot} * key_record_bytes_;
+  }
   /// The TinyLFU sketch (MultiLRU segments only), else nullptr.
   shm::SketchHeader* sketch() const { return sketch_; }
   /// The lineage backend's region (Lineage segments only), else nullptr. Initialised by the
@@ -99,6 +105,8 @@ class Segment {
   shm::SketchHeader* sketch_ = nullptr;
   shm::LineageHeader* lineage_ = nullptr;
   std::byte* payload_ = nullptr;
+  std::byte* keys_ = nullptr;
+  std::uint64_t key_record_bytes_ = 0;
 };
 
 }  // namespace kvbm::detail

@@ -21,6 +21,7 @@ enum Region : std::uint32_t {
   kRegionIndex,
   kRegionSketch,   // TinyLFU (MultiLRU only)
   kRegionLineage,  // lineage arena (Lineage only)
+  kRegionKeys,     // block keys (key_bytes > 0 only)
   kRegionCount = 8,
 };
 
@@ -36,6 +37,9 @@ struct ConfigRecord {
   std::uint8_t multi_lru_thresholds[4];
   std::uint32_t permissions;
   std::uint64_t bytes_per_block;
+  std::uint32_t key_bytes;
+  std::uint32_t reserved;
+  std::uint64_t layout_tag;
 };
 
 struct RegionEntry {

@@ -88,6 +88,8 @@ class BlockStore {
   /// Duplicate -> Reset and its keep-alive dropped).
   void release_holder(std::uint32_t slot, std::uint32_t actor) noexcept;
   bool holds(std::uint32_t slot, std::uint32_t actor) const noexcept;
+  /// The Primary or Inactive slot of `hash`, or kNil. Changes nothing.
+  std::uint32_t find(SequenceHash hash) const noexcept { return index_.find(hash.hi(), hash.lo()); }
   void set_reset_on_release(std::uint32_t slot, bool value) noexcept;
   /// Inactive -> Reset for every inactive block; returns how many.
   std::uint64_t drain_inactive(std::uint32_t actor) noexcept;

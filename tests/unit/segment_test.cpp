@@ -456,6 +456,8 @@ TEST_CASE("open_or_create with a differing field names the first difference", "[
   add("multi_lru_thresholds", [](SegmentConfig& d) { d.multi_lru_thresholds = {2, 8, 15}; });
   add("frequency_capacity", [](SegmentConfig& d) { d.frequency_capacity = 1u << 20; });
   add("bytes_per_block", [](SegmentConfig& d) { d.bytes_per_block = 64; });
+  add("key_bytes", [](SegmentConfig& d) { d.key_bytes = 32; });
+  add("layout_tag", [](SegmentConfig& d) { d.layout_tag = 0x1234; });
 
   for (const auto& k : cases) {
     INFO("differing field " << k.field);

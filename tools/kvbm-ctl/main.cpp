@@ -97,7 +97,7 @@ std::uint64_t metadata_bytes_per_block(const d::Segment& seg) {
   // Everything that grows with the block count, except the TinyLFU sketch (sized by
   // frequency_capacity, not by blocks).
   return (r[kvbm::shm::kRegionSlots].bytes + r[kvbm::shm::kRegionIndex].bytes +
-          r[kvbm::shm::kRegionLineage].bytes) /
+          r[kvbm::shm::kRegionLineage].bytes + r[kvbm::shm::kRegionKeys].bytes) /
          seg.block_count();
 }
 
@@ -138,6 +138,8 @@ int cmd_info(const std::string& name, bool as_json) {
            {"duplication", kvbm::to_string(c.duplication)},
            {"default_reset_on_release", c.default_reset_on_release},
            {"bytes_per_block", c.bytes_per_block},
+           {"key_bytes", c.key_bytes},
+           {"layout_tag", c.layout_tag},
            {"segment_bytes", s.header()->segment_bytes},
            {"metadata_bytes_per_block", metadata_bytes_per_block(s)},
            {"epoch", s.header()->epoch.load()},
@@ -454,6 +456,8 @@ int main(int argc, char** argv) {
   create->add_option("--duplication", duplication, "registering a present hash")
       ->check(CLI::IsMember({"allow", "reject"}));
   create->add_option("--bytes-per-block", config.bytes_per_block, "payload bytes per block");
+  create->add_option("--key-bytes", config.key_bytes, "application key bytes per block (0..64)")
+      ->check(CLI::Range(0u, 64u));
   create->add_flag("--reset-on-release", config.default_reset_on_release,
                    "released blocks go to the reset pool instead of the inactive pool");
   create->add_option("--mode", mode, "file mode of the shm object(s), e.g. 0660");
