@@ -12,7 +12,7 @@
 #include <fmt/format.h>
 
 #include "segment/liveness.hpp"
-#include "tool/inspect.hpp"
+#include "segment/processes.hpp"
 
 namespace kvbm::detail {
 

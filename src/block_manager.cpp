@@ -77,9 +77,10 @@ void BlockManager::stop_background_reaper() {
 }
 
 Result<std::shared_ptr<BlockManager>> BlockManager::create(const SegmentConfig& config) {
-  return attach_to(detail::Segment::create(config), [](std::shared_ptr<Attachment> a) {
-    return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
-  });
+  return attach_to(detail::Segment::create(config, detail::BlockStore::init_regions),
+                   [](std::shared_ptr<Attachment> a) {
+                     return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
+                   });
 }
 
 Result<std::shared_ptr<BlockManager>> BlockManager::open(std::string_view name) {

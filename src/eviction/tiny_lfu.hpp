@@ -17,7 +17,7 @@ class TinyLfu {
       : h_(header), table_(reinterpret_cast<std::uint64_t*>(header + 1)) {}
 
   static std::uint64_t table_len_for(std::uint32_t capacity) {
-    return capacity / 4 == 0 ? 1 : capacity / 4;
+    return shm::sketch_table_len(capacity);
   }
   /// Creator only.
   static void init(shm::SketchHeader* header, std::uint32_t capacity);

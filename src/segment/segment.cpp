@@ -19,8 +19,6 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <fmt/format.h>
 
-#include "eviction/backend.hpp"
-#include "eviction/tiny_lfu.hpp"
 #include "segment/liveness.hpp"
 
 namespace kvbm::detail {
@@ -174,7 +172,7 @@ Layout compute_layout(const shm::ConfigRecord& c) {
   if (c.eviction == static_cast<std::uint32_t>(EvictionPolicy::kMultiLru)) {
     place(shm::kRegionSketch,
           sizeof(shm::SketchHeader) +
-              TinyLfu::table_len_for(c.frequency_capacity) * sizeof(std::uint64_t));
+              shm::sketch_table_len(c.frequency_capacity) * sizeof(std::uint64_t));
   }
   if (c.eviction == static_cast<std::uint32_t>(EvictionPolicy::kLineage)) {
     place(shm::kRegionLineage, lineage_geometry(c.block_count).bytes);
@@ -427,7 +425,8 @@ std::optional<shm::ConfigRecord> peek_config(std::string_view name) {
   return h.config;
 }
 
-Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
+Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
+                                                 const RegionInit& init_regions) {
   if (auto ok = validate_config(config); !ok) {
     return tl::unexpected(ok.error());
   }
@@ -522,12 +521,7 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config) {
   for (auto& l : ctl->level_lists) {
     l = shm::SlotList{shm::kNil, shm::kNil, 0};
   }
-  if (seg->lineage_ != nullptr) {
-    init_lineage_region(seg->lineage_, n);
-  }
-  if (seg->sketch_ != nullptr) {
-    TinyLfu::init(new (seg->sketch_) shm::SketchHeader(), config.frequency_capacity);
-  }
+  init_regions(*seg);
   ctl->next_tick = n;
   ctl->state_counts[static_cast<int>(shm::SlotState::kReset)].store(n);
   for (std::uint32_t b = 0; b < layout.index_capacity; ++b) {

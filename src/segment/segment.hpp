@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,7 +56,14 @@ enum class Access { kReadWrite, kReadOnly };
 
 class Segment {
  public:
-  static Result<std::unique_ptr<Segment>> create(const SegmentConfig& config);
+  /// Initialises the regions that belong to the layers above (the eviction backends' lineage
+  /// arena and TinyLFU sketch) on a segment being created, before it is published. The segment
+  /// layer sizes and places those regions but does not know their contents.
+  using RegionInit = std::function<void(Segment&)>;
+
+  /// Creates, initialises (calling `init_regions` last) and publishes a segment.
+  static Result<std::unique_ptr<Segment>> create(const SegmentConfig& config,
+                                                 const RegionInit& init_regions);
   static Result<std::unique_ptr<Segment>> open(std::string_view name,
                                                Access access = Access::kReadWrite);
   ~Segment();
@@ -83,8 +91,8 @@ class Segment {
   }
   /// The TinyLFU sketch (MultiLRU segments only), else nullptr.
   shm::SketchHeader* sketch() const { return sketch_; }
-  /// The lineage backend's region (Lineage segments only), else nullptr. Initialised by the
-  /// backend's rebuild() when the segment is created.
+  /// The lineage backend's region (Lineage segments only), else nullptr. Initialised through
+  /// create()'s RegionInit when the segment is created.
   shm::LineageHeader* lineage() const { return lineage_; }
 
  private:

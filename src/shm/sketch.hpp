@@ -20,4 +20,10 @@ struct alignas(kCacheLine) SketchHeader {
 };
 static_assert(ShmRegion<SketchHeader>);
 
+/// Words of the counter table that follows the header for a sketch of `capacity`: the segment
+/// layout sizes the region with it, TinyLfu::init writes it into table_len.
+inline constexpr std::uint64_t sketch_table_len(std::uint32_t capacity) {
+  return capacity / 4 == 0 ? 1 : capacity / 4;
+}
+
 }  // namespace kvbm::shm

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "eviction/tiny_lfu.hpp"
 #include "segment/liveness.hpp"
 #include "segment/slot_atomics.hpp"
 #include "segment/slot_list.hpp"
@@ -39,6 +40,15 @@ BlockStore::BlockStore(Segment& segment)
       default_ror_(segment.config().default_reset_on_release ? 1 : 0),
       index_(segment.index(), segment.index_capacity(), segment.slots()),
       backend_(make_inactive_backend(segment, [this](std::uint32_t s) { log(s); })) {}
+
+void BlockStore::init_regions(Segment& segment) {
+  if (segment.lineage() != nullptr) {
+    init_lineage_region(segment.lineage(), segment.block_count());
+  }
+  if (segment.sketch() != nullptr) {
+    TinyLfu::init(new (segment.sketch()) shm::SketchHeader(), segment.config().frequency_capacity);
+  }
+}
 
 // --- transactions ---------------------------------------------------------------------------
 

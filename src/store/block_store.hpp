@@ -45,6 +45,10 @@ class BlockStore {
  public:
   explicit BlockStore(Segment& segment);
 
+  /// Creator only, passed to Segment::create: the empty regions of the eviction backends (the
+  /// lineage arena, the TinyLFU sketch) of a segment being created.
+  static void init_regions(Segment& segment);
+
   Segment& segment() { return seg_; }
 
   // --- transactions (intent record) -------------------------------------------------------

@@ -1,75 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "tool/inspect.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
-#include "segment/liveness.hpp"
+#include "store/repair.hpp"
 
 namespace kvbm::detail {
-
-std::vector<std::string> dead_process_problems(const Segment& segment, std::uint32_t skip) {
-  std::vector<std::string> problems;
-  for (const ProcessView& p : list_processes(segment)) {
-    if (!p.alive && p.index != skip) {
-      problems.push_back(
-          fmt::format("process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} "
-                      "mutable/staged, {} registered); run reap or 'kvbm-ctl repair'",
-                      p.index, p.pid, p.exclusive + p.held, p.exclusive, p.held));
-    }
-  }
-  return problems;
-}
-
-std::vector<ProcessView> list_processes(const Segment& seg) {
-  std::vector<ProcessView> out;
-  const auto* slots = seg.slots();
-  const std::uint32_t n = seg.block_count();
-  for (std::uint32_t q = 0; q < seg.max_processes(); ++q) {
-    const auto& e = seg.procs()[q];
-    if (e.state.load(std::memory_order_acquire) ==
-        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
-      continue;
-    }
-    ProcessView v{q,
-                  e.pid.load(std::memory_order_relaxed),
-                  e.incarnation.load(std::memory_order_relaxed),
-                  e.start_ticks.load(std::memory_order_relaxed),
-                  e.attached_ns.load(std::memory_order_relaxed),
-                  ofd_is_locked(seg.fd(), shm::kLivenessLockBase + q),
-                  0,
-                  0};
-    for (std::uint32_t s = 0; s < n; ++s) {
-      const auto& m = slots[s];
-      if ((m.state == static_cast<std::uint8_t>(shm::SlotState::kMutable) ||
-           m.state == static_cast<std::uint8_t>(shm::SlotState::kStaged)) &&
-          m.owner == q) {
-        ++v.exclusive;
-      }
-      v.held += (m.holders >> q) & 1;
-    }
-    out.push_back(v);
-  }
-  return out;
-}
-
-std::size_t count_live_attachments(std::string_view name) {
-  const std::string path = "/" + std::string(name);
-  const int fd = ::shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) {
-    return 0;
-  }
-  std::size_t live = 0;
-  for (std::uint32_t q = 0; q < shm::kMaxProcesses; ++q) {
-    live += ofd_is_locked(fd, shm::kLivenessLockBase + q) ? 1 : 0;
-  }
-  ::close(fd);
-  return live;
-}
 
 Result<std::unique_ptr<ToolSession>> ToolSession::open(std::string_view name, Access access) {
   auto seg = Segment::open(name, access);
@@ -168,31 +106,6 @@ std::size_t live_processes(const std::vector<ProcessView>& procs) {
   return live;
 }
 
-// What a repair would do, from a read-only look (no lock, no recovery, nothing written).
-RepairReport plan_repair(Segment& seg, BlockStore& store) {
-  RepairReport report;
-  auto* header = seg.header();
-  if (header->init_state.load() == static_cast<std::uint32_t>(shm::InitState::kPoisoned)) {
-    report.actions.push_back("re-initialise the poisoned store mutex");
-  }
-  if ((seg.control()->intent.seq.load() & 1) != 0) {
-    report.actions.push_back("roll back an interrupted operation (intent record is armed)");
-  }
-  for (const auto& p : list_processes(seg)) {
-    if (!p.alive) {
-      report.actions.push_back(fmt::format(
-          "release process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
-          p.pid, p.exclusive, p.held));
-    }
-  }
-  std::vector<std::string> problems;
-  store.verify(problems);
-  for (auto& p : problems) {
-    report.actions.push_back("fix: " + p);
-  }
-  return report;
-}
-
 }  // namespace
 
 Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force) {
@@ -201,7 +114,8 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
     if (!session) {
       return tl::unexpected(session.error());
     }
-    return plan_repair((*session)->segment(), (*session)->store());
+    auto& seg = (*session)->segment();
+    return RepairReport{plan_repair(seg, (*session)->store(), list_processes(seg)), {}};
   }
   auto session = ToolSession::open(name, Access::kReadWrite);
   if (!session) {
@@ -222,8 +136,7 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
     }
     // Safe only because no live process can be inside the mutex (checked above, or forced).
     report.actions.push_back(why + ": re-initialised the store mutex");
-    seg.control()->mutex.init();
-    header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
+    reinit_store_mutex(seg);
     return {};
   };
   if (header->init_state.load() == static_cast<std::uint32_t>(shm::InitState::kPoisoned)) {
@@ -248,46 +161,7 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
   for (auto& n : notes) {
     report.actions.push_back(std::move(n));
   }
-  if ((seg.control()->intent.seq.load() & 1) != 0) {
-    store.recover();  // an armed intent under a healthy mutex: roll it back as recovery would
-    report.actions.push_back("rolled back an interrupted operation");
-  }
-  // Slots with impossible state values first, then sound derived structures, so that reaping
-  // and sanitising below never follow a damaged link.
-  store.begin(shm::IntentOp::kReap, shm::kNil);
-  for (std::uint32_t s = 0; s < seg.block_count(); ++s) {
-    if (seg.slots()[s].state >= shm::kSlotStateCount) {
-      report.actions.push_back(fmt::format("slot {}: invalid state value -> reset", s));
-      store.force_reset(s);
-    }
-  }
-  store.commit();
-  for (auto& p : store.rebuild_derived()) {
-    report.actions.push_back("rebuild: " + p);
-  }
-  // Broken links (e.g. a duplicate pointing nowhere) are cut before reaping walks them.
-  store.begin(shm::IntentOp::kReap, shm::kNil);
-  store.sanitize(report.actions);
-  store.commit();
-  for (const auto& p : procs) {
-    if (p.alive || !ofd_try_lock(seg.fd(), shm::kLivenessLockBase + p.index)) {
-      continue;  // alive, or a new attacher took the entry since the probe
-    }
-    report.actions.push_back(fmt::format(
-        "released process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
-        p.pid, p.exclusive, p.held));
-    store.begin(shm::IntentOp::kReap, shm::kNil);
-    store.reap(p.index);
-    store.commit();
-    ofd_unlock(seg.fd(), shm::kLivenessLockBase + p.index);
-  }
-  store.begin(shm::IntentOp::kReap, shm::kNil);
-  store.sanitize(report.actions);
-  store.commit();
-  for (auto& p : store.rebuild_derived()) {
-    report.actions.push_back("rebuild: " + p);
-  }
-  header->epoch.fetch_add(1);
+  repair_locked(seg, store, procs, report.actions);
   (*session)->unlock();
   report.remaining = verify_segment(**session);
   return report;

@@ -2,7 +2,8 @@
 // Inspection, verification and repair of a segment by a tool that does NOT attach (takes no
 // process-table entry): kvbm-ctl. Reads work on a read-only mapping without the lock; verify and
 // repair take the store mutex with a bounded wait and recover an interrupted operation exactly as
-// a worker would.
+// a worker would. The process listing lives in segment/processes.hpp, the repair steps in
+// store/repair.hpp; this is the session around them.
 #pragma once
 
 #include <chrono>
@@ -13,33 +14,11 @@
 
 #include "kvbm/error.hpp"
 
+#include "segment/processes.hpp"
 #include "segment/segment.hpp"
 #include "store/block_store.hpp"
 
 namespace kvbm::detail {
-
-struct ProcessView {
-  std::uint32_t index;
-  std::int32_t pid;
-  std::uint64_t incarnation;
-  std::uint64_t start_ticks;
-  std::uint64_t attached_ns;
-  bool alive;               // its OFD liveness byte is held
-  std::uint64_t exclusive;  // Mutable/Staged slots it owns
-  std::uint64_t held;       // slots it holds ImmutableBlocks of
-};
-
-/// Entries in use, with a liveness verdict from an OFD probe (works on a read-only fd).
-std::vector<ProcessView> list_processes(const Segment& segment);
-
-/// One line per process entry in use whose owner is dead, with what it still holds. `skip` is
-/// the caller's own entry (its own lock cannot be probed through its own description).
-std::vector<std::string> dead_process_problems(const Segment& segment,
-                                               std::uint32_t skip = shm::kNil);
-
-/// Live attachments of a segment found by probing the liveness locks on its object directly
-/// (works when the segment cannot be opened, e.g. damaged). 0 if the object does not exist.
-std::size_t count_live_attachments(std::string_view name);
 
 class ToolSession {
  public:

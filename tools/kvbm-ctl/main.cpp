@@ -18,7 +18,9 @@
 #include "kvbm/kvbm.hpp"
 
 #include "metrics_reader.hpp"
+#include "segment/processes.hpp"
 #include "segment/segment.hpp"
+#include "store/block_store.hpp"
 #include "tool/inspect.hpp"
 
 namespace {
@@ -532,7 +534,8 @@ int main(int argc, char** argv) {
       if (auto ok = d::validate_config(config); !ok) {
         return fail(ok.error());
       }
-      auto seg = d::Segment::create(config);  // creating does not attach
+      auto seg =
+          d::Segment::create(config, d::BlockStore::init_regions);  // creating does not attach
       if (!seg) {
         return fail(seg.error());
       }
