@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+// kvbm-ctl processes NAME [--json]: the process table with liveness verdicts (read-only).
+#include <fmt/format.h>
+
+#include "common.hpp"
+
+namespace kvbm::ctl {
+namespace {
+
+int run_processes(const std::string& name, bool as_json) {
+  auto seg = open_ro(name);
+  if (!seg) {
+    return fail(seg.error());
+  }
+  const auto procs = d::list_processes(**seg);
+  if (as_json) {
+    json arr = json::array();
+    for (const auto& p : procs) {
+      arr.push_back(process_json(p));
+    }
+    fmt::print("{}\n", arr.dump(2));
+    return kOk;
+  }
+  print_processes_table(procs);
+  return kOk;
+}
+
+}  // namespace
+
+Command add_processes(CLI::App& app) {
+  struct Options {
+    std::string name;
+    bool as_json = false;
+  };
+  auto o = std::make_shared<Options>();
+  auto* procs = app.add_subcommand("processes",
+                                   "Process table with liveness verdicts.\n  "
+                                   "example: kvbm-ctl processes kv-gpu0");
+  procs->add_option("NAME", o->name, "segment name")->required();
+  procs->add_flag("--json", o->as_json, "machine-readable output");
+  return {procs, [o] { return run_processes(o->name, o->as_json); }};
+}
+
+}  // namespace kvbm::ctl

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+// kvbm-ctl repair NAME [--dry-run] [--force]: recovers an interrupted operation, releases dead
+// processes' blocks and rebuilds the indexes, so that verify passes afterwards.
+#include <fmt/format.h>
+
+#include "common.hpp"
+#include "tool/inspect.hpp"
+
+namespace kvbm::ctl {
+namespace {
+
+int run_repair(const std::string& name, bool dry_run, bool force) {
+  {
+    auto seg = open_ro(name);
+    if (!seg) {
+      return fail(seg.error());
+    }
+    const std::size_t live = live_processes(d::list_processes(**seg));
+    if (live > 0 && !force && !dry_run) {
+      fmt::print(stderr,
+                 "kvbm-ctl: {} live process(es) are attached to '{}'; repair while they run only "
+                 "with --force (dead processes are also reaped by the workers themselves)\n",
+                 live, name);
+      return kProblems;
+    }
+  }
+  auto report = d::repair_segment(name, dry_run, force);
+  if (!report) {
+    return fail(report.error());
+  }
+  if (report->actions.empty()) {
+    fmt::print("{}: nothing to repair\n", name);
+  }
+  for (const auto& a : report->actions) {
+    fmt::print("{}{}\n", dry_run ? "would: " : "", a);
+  }
+  if (!report->remaining.empty()) {
+    fmt::print("{}: {} problem(s) remain after repair\n", name, report->remaining.size());
+    for (const auto& p : report->remaining) {
+      fmt::print("  - {}\n", p);
+    }
+    return kProblems;
+  }
+  if (!dry_run) {
+    fmt::print("{}: repaired; verify passes\n", name);
+  }
+  return kOk;
+}
+
+}  // namespace
+
+Command add_repair(CLI::App& app) {
+  struct Options {
+    std::string name;
+    bool dry_run = false, force = false;
+  };
+  auto o = std::make_shared<Options>();
+  auto* repair = app.add_subcommand(
+      "repair",
+      "Recover an interrupted operation, release dead processes' blocks, rebuild the\n"
+      "indexes; verify passes afterwards.\n  example: kvbm-ctl repair kv-gpu0 --dry-run");
+  repair->add_option("NAME", o->name, "segment name")->required();
+  repair->add_flag("--dry-run", o->dry_run, "only say what would be done");
+  repair->add_flag("--force", o->force, "repair even while live processes are attached");
+  return {repair, [o] { return run_repair(o->name, o->dry_run, o->force); }};
+}
+
+}  // namespace kvbm::ctl

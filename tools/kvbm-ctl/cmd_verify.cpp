@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+// kvbm-ctl verify NAME: checks every invariant; exit 1 and one line per problem if any.
+#include <fmt/format.h>
+
+#include "common.hpp"
+#include "tool/inspect.hpp"
+
+namespace kvbm::ctl {
+namespace {
+
+int run_verify(const std::string& name) {
+  auto session = d::ToolSession::open(name, d::Access::kReadWrite);
+  if (!session) {
+    return fail(session.error());
+  }
+  const auto problems = d::verify_segment(**session);
+  if (problems.empty()) {
+    fmt::print("{}: consistent ({} blocks)\n", name, (*session)->segment().block_count());
+    return kOk;
+  }
+  fmt::print("{}: {} problem(s)\n", name, problems.size());
+  for (const auto& p : problems) {
+    fmt::print("  - {}\n", p);
+  }
+  return kProblems;
+}
+
+}  // namespace
+
+Command add_verify(CLI::App& app) {
+  auto name = std::make_shared<std::string>();
+  auto* verify = app.add_subcommand("verify",
+                                    "Check every invariant; exit 1 and list problems.\n"
+                                    "  example: kvbm-ctl verify kv-gpu0");
+  verify->add_option("NAME", *name, "segment name")->required();
+  return {verify, [name] { return run_verify(*name); }};
+}
+
+}  // namespace kvbm::ctl

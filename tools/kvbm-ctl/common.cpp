@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "common.hpp"
+
+#include <fmt/format.h>
+
+#include "metrics_reader.hpp"
+
+namespace kvbm::ctl {
+
+int exit_code_for(const Error& e) {
+  switch (e.code) {
+    case Errc::kNotFound:
+      return kNotFound;
+    case Errc::kLayoutMismatch:
+      return kLayout;
+    case Errc::kInvalidConfig:
+      return kUsage;
+    default:
+      return kProblems;
+  }
+}
+
+int fail(const Error& e) {
+  fmt::print(stderr, "kvbm-ctl: {}\n", e.message);
+  return exit_code_for(e);
+}
+
+Result<std::unique_ptr<d::Segment>> open_ro(const std::string& name) {
+  return d::Segment::open(name, d::Access::kReadOnly);
+}
+
+const char* state_name(std::uint8_t s) {
+  static const char* const kNames[] = {"reset",   "mutable",   "staged",
+                                       "primary", "duplicate", "inactive"};
+  return s < shm::kSlotStateCount ? kNames[s] : "invalid";
+}
+
+bool has_hash(const shm::SlotMeta& m) {
+  return m.state != static_cast<std::uint8_t>(shm::SlotState::kReset) &&
+         m.state != static_cast<std::uint8_t>(shm::SlotState::kMutable);
+}
+
+std::string hash_text(const shm::SlotMeta& m) {
+  return has_hash(m) ? SequenceHash::from_parts(m.hash_hi, m.hash_lo).to_string() : "-";
+}
+
+json counts_json(const d::Segment& seg) {
+  const PoolCounts c = d::read_counts(seg);
+  return json{{"reset", c.reset},     {"mutable", c.mutable_},    {"staged", c.staged},
+              {"primary", c.primary}, {"duplicate", c.duplicate}, {"inactive", c.inactive}};
+}
+
+json process_json(const d::ProcessView& p) {
+  return json{{"index", p.index},
+              {"pid", p.pid},
+              {"alive", p.alive},
+              {"incarnation", p.incarnation},
+              {"start_ticks", p.start_ticks},
+              {"attached_ns", p.attached_ns},
+              {"mutable_or_staged", p.exclusive},
+              {"registered_held", p.held}};
+}
+
+json metrics_json(const d::Segment& seg) {
+  json m = json::object();
+  for (const auto& [name, value] : d::read_metrics(seg).all()) {
+    m[std::string(name.substr(5))] = value;  // without the "kvbm_" prefix
+  }
+  return m;
+}
+
+void print_processes_table(const std::vector<d::ProcessView>& procs) {
+  if (procs.empty()) {
+    fmt::print("  (no process attached)\n");
+    return;
+  }
+  fmt::print("  {:>5}  {:>8}  {:<6}  {:>11}  {:>15}  {:>11}\n", "entry", "pid", "state",
+             "incarnation", "mutable/staged", "registered");
+  for (const auto& p : procs) {
+    fmt::print("  {:>5}  {:>8}  {:<6}  {:>11}  {:>15}  {:>11}\n", p.index, p.pid,
+               p.alive ? "alive" : "DEAD", p.incarnation, p.exclusive, p.held);
+  }
+}
+
+std::size_t live_processes(const std::vector<d::ProcessView>& procs) {
+  std::size_t live = 0;
+  for (const auto& p : procs) {
+    live += p.alive ? 1 : 0;
+  }
+  return live;
+}
+
+}  // namespace kvbm::ctl
