@@ -83,12 +83,11 @@ Result<std::shared_ptr<Attachment>> Attachment::attach(std::unique_ptr<Segment> 
       if (procs[q].state.load(std::memory_order_relaxed) !=
           static_cast<std::uint32_t>(shm::ProcState::kFree)) {
         // Its owner died without detaching: release what it held before taking the entry over.
-        store.begin(shm::IntentOp::kReap, q);
-        store.reap(q);
-        store.commit();
+        BlockStore::Txn txn(store, l, BlockStore::KeepLock{}, shm::IntentOp::kReap, q);
+        store.reap(txn, q);
       }
       att->incarnation_ =
-          store.claim_process(q, ::getpid(), self_start_ticks(), self_pidns_inode());
+          store.claim_process(l, q, ::getpid(), self_start_ticks(), self_pidns_inode());
       att->me_ = q;
       return att;
     }
@@ -113,9 +112,8 @@ Attachment::~Attachment() {
       if (procs[me_].incarnation.load(std::memory_order_relaxed) == incarnation_) {
         // Normally nothing is left (handles keep the attachment alive); the sweep makes a detach
         // leave no trace even after misuse.
-        store_->begin(shm::IntentOp::kDetach, me_);
-        store_->reap(me_, /*detach=*/true);
-        store_->commit();
+        BlockStore::Txn txn(*store_, std::move(l), shm::IntentOp::kDetach, me_);
+        store_->reap(txn, me_, /*detach=*/true);
       }
     } catch (...) {
       // Poisoned or fenced: the entry is left to the reaper / kvbm-ctl repair.
@@ -184,7 +182,7 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
                     "process; its blocks are gone; open the segment again",
                     config().name, me_));
   }
-  return Lock(&mu);
+  return Lock(mu);
 }
 
 std::optional<Attachment::Lock> Attachment::lock_quiet() noexcept {
@@ -211,9 +209,8 @@ void Attachment::release_holder(std::uint32_t slot) noexcept {
   if (local_[slot].load(std::memory_order_acquire) != 0 || !store_->holds(slot, me_)) {
     return;
   }
-  store_->begin(shm::IntentOp::kRelease, me_);
-  store_->release_holder(slot, me_);
-  store_->commit();
+  BlockStore::Txn txn(*store_, std::move(*l), shm::IntentOp::kRelease, me_);
+  store_->release_holder(txn, slot, me_);
   if (--held_slots_ == 0) {
     last_reference = std::move(self_);
   }
@@ -243,9 +240,8 @@ std::size_t Attachment::reap_dead_processes() {
       Lock l = lock();
       if (procs[q].state.load(std::memory_order_relaxed) !=
           static_cast<std::uint32_t>(shm::ProcState::kFree)) {
-        store_->begin(shm::IntentOp::kReap, me_);
-        store_->reap(q);
-        store_->commit();
+        BlockStore::Txn txn(*store_, std::move(l), shm::IntentOp::kReap, me_);
+        store_->reap(txn, q);
         ++reaped;
       }
     } catch (...) {

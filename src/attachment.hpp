@@ -35,22 +35,7 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
   Attachment& operator=(const Attachment&) = delete;
 
   /// The store mutex, held until destruction.
-  class Lock {
-   public:
-    Lock(Lock&& o) noexcept : mu_(o.mu_) { o.mu_ = nullptr; }
-    Lock(const Lock&) = delete;
-    Lock& operator=(const Lock&) = delete;
-    ~Lock() {
-      if (mu_ != nullptr) {
-        mu_->unlock();
-      }
-    }
-
-   private:
-    friend class Attachment;
-    explicit Lock(shm::RobustMutex* mu) : mu_(mu) {}
-    shm::RobustMutex* mu_;
-  };
+  using Lock = StoreLock;
 
   /// Throws std::logic_error in a fork child, SegmentError if poisoned, fenced or on a system
   /// error. Inline: the uncontended case is one trylock and three loads.
@@ -60,7 +45,7 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
     int raw = 0;
     if (mu.try_lock_fast(raw)) {
       if (!poisoned() && !fenced()) {
-        return Lock(&mu);
+        return Lock(mu);
       }
       mu.unlock();
       raw = EBUSY;  // start over on the slow path, which reports the problem
@@ -70,16 +55,12 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
   /// For destructors: nullopt instead of throwing.
   std::optional<Lock> lock_quiet() noexcept;
 
-  /// lock(), then `f(store)` inside an intent of kind `op`.
+  /// lock(), then `f(store, txn)` inside a transaction of kind `op` (committed, then unlocked,
+  /// when f returns or throws).
   template <class F>
   auto run(shm::IntentOp op, F&& f) {
-    Lock l = lock();
-    store_->begin(op, me_);
-    struct Commit {
-      BlockStore* s;
-      ~Commit() { s->commit(); }
-    } commit{store_.get()};
-    return f(*store_);
+    BlockStore::Txn txn(*store_, lock(), op, me_);
+    return f(*store_, txn);
   }
 
   BlockStore& store() { return *store_; }

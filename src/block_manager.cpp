@@ -172,11 +172,11 @@ std::optional<std::vector<MutableBlock>> BlockManager::allocate(
     if (attempt == 1 && att_->reap_dead_processes() == 0) {
       break;  // nothing was freed: retrying cannot succeed
     }
-    ok = att_->run(IntentOp::kAllocate, [&](detail::BlockStore& store) {
+    ok = att_->run(IntentOp::kAllocate, [&](detail::BlockStore& store, auto& txn) {
       if (store.free_count() + store.inactive_count() < count) {
         return false;
       }
-      store.allocate(count, att_->me(), grants, evicted);
+      store.allocate(txn, count, att_->me(), grants, evicted);
       return true;
     });
   }
@@ -218,7 +218,7 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
   }
   std::vector<Grant> results(blocks.size());
   const DuplicationPolicy policy = config().duplication;
-  att_->run(IntentOp::kRegister, [&](detail::BlockStore& store) {
+  att_->run(IntentOp::kRegister, [&](detail::BlockStore& store, auto& txn) {
     for (const CompleteBlock& b : blocks) {
       store.prefetch_lookup(b.sequence_hash());
     }
@@ -230,12 +230,12 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
     }
     for (std::size_t i = 0; i < blocks.size(); ++i) {
       const detail::Registered r =
-          store.register_staged(HandleAccess::grant(blocks[i]), att_->me(), policy);
+          store.register_staged(txn, HandleAccess::grant(blocks[i]), att_->me(), policy);
       att_->hold(r.block);
       results[i] = r.block;
     }
-    store.count(shm::kRegistrations, blocks.size());
-    store.note_destaged(att_->me(), blocks.size());
+    store.count(txn, shm::kRegistrations, blocks.size());
+    store.note_destaged(txn, att_->me(), blocks.size());
     return true;
   });
   std::vector<ImmutableBlock> out;
@@ -250,20 +250,20 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
 std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceHash> hashes) {
   std::vector<Grant> grants;
   grants.reserve(hashes.size());
-  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
     for (const SequenceHash& h : hashes) {
       store.prefetch_lookup(h);
     }
     for (const SequenceHash& h : hashes) {
-      auto g = store.acquire(h, att_->me(), /*touch=*/true);
+      auto g = store.acquire(txn, h, att_->me(), /*touch=*/true);
       if (!g) {
         break;
       }
       att_->hold(*g);
       grants.push_back(*g);
     }
-    store.count(shm::kMatchHashesRequested, hashes.size());
-    store.count(shm::kMatchBlocksReturned, grants.size());
+    store.count(txn, shm::kMatchHashesRequested, hashes.size());
+    store.count(txn, shm::kMatchBlocksReturned, grants.size());
     return true;
   });
   std::vector<ImmutableBlock> out;
@@ -277,20 +277,20 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
 std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
     std::span<const SequenceHash> hashes) {
   std::vector<std::optional<Grant>> grants(hashes.size());
-  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
     for (const SequenceHash& h : hashes) {
       store.prefetch_lookup(h);
     }
     std::uint64_t hits = 0;
     for (std::size_t i = 0; i < hashes.size(); ++i) {
-      grants[i] = store.acquire(hashes[i], att_->me(), /*touch=*/true);
+      grants[i] = store.acquire(txn, hashes[i], att_->me(), /*touch=*/true);
       if (grants[i]) {
         att_->hold(*grants[i]);
         ++hits;
       }
     }
-    store.count(shm::kScanHashesRequested, hashes.size());
-    store.count(shm::kScanBlocksReturned, hits);
+    store.count(txn, shm::kScanHashesRequested, hashes.size());
+    store.count(txn, shm::kScanBlocksReturned, hits);
     return true;
   });
   std::vector<std::optional<ImmutableBlock>> out(hashes.size());
@@ -308,20 +308,20 @@ std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
   found.reserve(hashes.size());
   std::unordered_map<SequenceHash, ImmutableBlock> out;
   out.reserve(hashes.size());
-  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
     std::unordered_map<SequenceHash, bool> seen;
     seen.reserve(hashes.size());
     for (const SequenceHash& h : hashes) {
       if (!seen.emplace(h, true).second) {
         continue;
       }
-      if (auto g = store.acquire(h, att_->me(), touch)) {
+      if (auto g = store.acquire(txn, h, att_->me(), touch)) {
         att_->hold(*g);
         found.emplace_back(h, *g);
       }
     }
-    store.count(shm::kScanHashesRequested, hashes.size());
-    store.count(shm::kScanBlocksReturned, found.size());
+    store.count(txn, shm::kScanHashesRequested, hashes.size());
+    store.count(txn, shm::kScanBlocksReturned, found.size());
     return true;
   });
   for (const auto& [h, g] : found) {
@@ -384,8 +384,8 @@ std::size_t BlockManager::lookup_prefix(std::span<const SequenceHash> hashes) co
 
 Result<void> BlockManager::reset_inactive_pool() {
   std::uint64_t in_use = 0;
-  att_->run(IntentOp::kDrain, [&](detail::BlockStore& store) {
-    store.drain_inactive(att_->me());
+  att_->run(IntentOp::kDrain, [&](detail::BlockStore& store, auto& txn) {
+    store.drain_inactive(txn, att_->me());
     in_use = total_blocks() - store.free_count();
     return true;
   });

@@ -27,9 +27,8 @@ void release_exclusive(std::shared_ptr<Attachment>& att, BlockId id, std::uint32
   }
   if (auto l = att->lock_quiet()) {
     auto& store = att->store();
-    store.begin(IntentOp::kReleaseExclusive, att->me());
-    store.release_exclusive(Grant{id, gen}, att->me());
-    store.commit();
+    detail::BlockStore::Txn txn(store, std::move(*l), IntentOp::kReleaseExclusive, att->me());
+    store.release_exclusive(txn, Grant{id, gen}, att->me());
   }
   att.reset();
 }
@@ -134,8 +133,8 @@ Result<CompleteBlock, BlockSizeMismatch> MutableBlock::stage(SequenceHash hash,
   // the fencing; so does a slot the fast path could not stage for any other reason.
   R r = att.fenced() ? R::kNeedLock : att.store().stage_lock_free(g, att.me(), hash);
   if (r != R::kDone) {
-    const bool ok = att.run(IntentOp::kStage, [&](detail::BlockStore& store) {
-      return store.stage(g, att.me(), hash);
+    const bool ok = att.run(IntentOp::kStage, [&](detail::BlockStore& store, auto& txn) {
+      return store.stage(txn, g, att.me(), hash);
     });
     if (!ok) {
       throw std::logic_error("kvbm: MutableBlock is no longer owned by this process");
@@ -174,8 +173,8 @@ std::span<const std::byte> CompleteBlock::key() const {
 
 MutableBlock CompleteBlock::reset() && {
   Attachment& att = require(att_, "CompleteBlock");
-  const bool ok = att.run(IntentOp::kUnstage, [&](detail::BlockStore& store) {
-    return store.unstage(Grant{id_, gen_}, att.me());
+  const bool ok = att.run(IntentOp::kUnstage, [&](detail::BlockStore& store, auto& txn) {
+    return store.unstage(txn, Grant{id_, gen_}, att.me());
   });
   if (!ok) {
     throw std::logic_error("kvbm: CompleteBlock is no longer owned by this process");
@@ -239,8 +238,8 @@ WeakBlock ImmutableBlock::downgrade() const {
 
 void ImmutableBlock::set_reset_on_release(bool value) const {
   Attachment& att = require(att_, "ImmutableBlock");
-  att.run(IntentOp::kSetResetOnRelease, [&](detail::BlockStore& store) {
-    store.set_reset_on_release(id_, value);
+  att.run(IntentOp::kSetResetOnRelease, [&](detail::BlockStore& store, auto& txn) {
+    store.set_reset_on_release(txn, id_, value);
     return true;
   });
 }
@@ -274,13 +273,14 @@ std::optional<ImmutableBlock> WeakBlock::upgrade() const {
       break;  // `held` is released on scope exit
     }
   }
-  const std::optional<Grant> g = att.run(IntentOp::kAcquire, [&](detail::BlockStore& store) {
-    auto acquired = store.acquire(hash_, att.me());
-    if (acquired) {
-      att.hold(*acquired);
-    }
-    return acquired;
-  });
+  const std::optional<Grant> g =
+      att.run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
+        auto acquired = store.acquire(txn, hash_, att.me());
+        if (acquired) {
+          att.hold(*acquired);
+        }
+        return acquired;
+      });
   if (!g) {
     return std::nullopt;
   }

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -52,7 +54,28 @@ void BlockStore::init_regions(Segment& segment) {
 
 // --- transactions ---------------------------------------------------------------------------
 
+void BlockStore::check_locked() const noexcept {
+#ifdef KVBM_STORE_CHECKS
+  if (!held_by_this_thread(ctl_->mutex)) {
+    std::fprintf(stderr, "kvbm: store changed without holding the store mutex\n");
+    std::abort();
+  }
+#endif
+}
+
+void BlockStore::check_in_txn() const noexcept {
+#ifdef KVBM_STORE_CHECKS
+  if (!in_txn_) {
+    std::fprintf(stderr, "kvbm: slot changed outside a BlockStore::Txn\n");
+    std::abort();
+  }
+  check_locked();
+#endif
+}
+
 void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
+  check_locked();
+  in_txn_ = true;
 #ifdef KVBM_BENCH_NO_INTENT
   return;  // benchmark-only build measuring the intent record's cost
 #endif
@@ -69,6 +92,7 @@ void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
 }
 
 void BlockStore::commit() {
+  in_txn_ = false;
 #ifdef KVBM_BENCH_NO_INTENT
   return;
 #endif
@@ -80,6 +104,7 @@ void BlockStore::commit() {
 }
 
 void BlockStore::log(std::uint32_t slot) noexcept {
+  check_in_txn();
 #ifdef KVBM_BENCH_NO_INTENT
   (void)slot;
   return;
@@ -108,9 +133,16 @@ void BlockStore::checkpoint(std::uint32_t reserve) noexcept {
   }
 }
 
-void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
+void BlockStore::bump(shm::Counter c, std::uint64_t n) noexcept {
+  check_locked();
+  ctl_->counters[c].store(ctl_->counters[c].load(std::memory_order_relaxed) + n,
+                          std::memory_order_relaxed);
+}
+
+void BlockStore::count(Txn&, shm::Counter c, std::uint64_t n) noexcept {
   // Only the mutex holder writes counters; readers without the lock load them relaxed. The
   // value before the first change in this transaction is logged so a rollback restores it.
+  check_in_txn();
   auto& in = ctl_->intent;
   const std::uint64_t old = ctl_->counters[c].load(std::memory_order_relaxed);
 #ifdef KVBM_BENCH_NO_INTENT
@@ -128,6 +160,7 @@ void BlockStore::count(shm::Counter c, std::uint64_t n) noexcept {
 // --- primitive slot changes ------------------------------------------------------------------
 
 void BlockStore::set_state(shm::SlotMeta& m, SlotState s) noexcept {
+  check_in_txn();
   auto& counts = ctl_->state_counts;
   const std::uint8_t from = shm::state_count_index(m.state);
   const std::uint8_t to = shm::state_count_index(st(s));
@@ -197,7 +230,8 @@ std::uint64_t BlockStore::inactive_count() const {
   return backend_->size();
 }
 
-void BlockStore::allocate(std::size_t n,
+void BlockStore::allocate(Txn& txn,
+                          std::size_t n,
                           std::uint32_t actor,
                           std::vector<Grant>& out,
                           std::vector<SequenceHash>* evicted) noexcept {
@@ -233,9 +267,9 @@ void BlockStore::allocate(std::size_t n,
     KVBM_CRASH_POINT("allocate.slot");
     out.push_back(Grant{s, slots_[s].generation.load(std::memory_order_relaxed)});
   }
-  count(shm::kAllocations, from_reset + from_inactive);
-  count(shm::kAllocationsFromReset, from_reset);
-  count(shm::kEvictions, from_inactive);
+  count(txn, shm::kAllocations, from_reset + from_inactive);
+  count(txn, shm::kAllocationsFromReset, from_reset);
+  count(txn, shm::kEvictions, from_inactive);
 }
 
 BlockStore::StageResult BlockStore::stage_lock_free(Grant g,
@@ -273,7 +307,7 @@ BlockStore::StageResult BlockStore::stage_lock_free(Grant g,
   return StageResult::kDone;
 }
 
-bool BlockStore::stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept {
+bool BlockStore::stage(Txn&, Grant g, std::uint32_t actor, SequenceHash hash) noexcept {
   auto& m = slots_[g.slot];
   if (m.state != st(SlotState::kMutable) || m.owner != actor ||
       m.generation.load(std::memory_order_relaxed) != g.generation) {
@@ -287,7 +321,7 @@ bool BlockStore::stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept
   return true;
 }
 
-void BlockStore::note_destaged(std::uint32_t actor, std::uint64_t n) noexcept {
+void BlockStore::note_destaged(Txn&, std::uint32_t actor, std::uint64_t n) noexcept {
   procs_[actor].destaged.fetch_add(n, std::memory_order_relaxed);
 }
 
@@ -300,7 +334,7 @@ void BlockStore::recount_staged(std::uint32_t actor) noexcept {
   e.destaged.store(e.stagings.load(std::memory_order_relaxed) - staged, std::memory_order_relaxed);
 }
 
-bool BlockStore::unstage(Grant g, std::uint32_t actor) noexcept {
+bool BlockStore::unstage(Txn& txn, Grant g, std::uint32_t actor) noexcept {
   if (!is_staged_by(g, actor)) {
     return false;
   }
@@ -309,7 +343,7 @@ bool BlockStore::unstage(Grant g, std::uint32_t actor) noexcept {
   set_state(m, SlotState::kMutable);
   m.reset_on_release = default_ror_;
   store_hash(m, shm::kNoHashHi, shm::kNoHashLo);
-  note_destaged(actor, 1);
+  note_destaged(txn, actor, 1);
   return true;
 }
 
@@ -319,7 +353,7 @@ bool BlockStore::is_staged_by(Grant g, std::uint32_t actor) const noexcept {
          m.generation.load(std::memory_order_relaxed) == g.generation;
 }
 
-bool BlockStore::release_exclusive(Grant g, std::uint32_t actor) noexcept {
+bool BlockStore::release_exclusive(Txn& txn, Grant g, std::uint32_t actor) noexcept {
   auto& m = slots_[g.slot];
   if ((m.state != st(SlotState::kMutable) && m.state != st(SlotState::kStaged)) ||
       m.owner != actor || m.generation.load(std::memory_order_relaxed) != g.generation) {
@@ -329,12 +363,13 @@ bool BlockStore::release_exclusive(Grant g, std::uint32_t actor) noexcept {
   log(g.slot);
   to_reset(g.slot);
   if (staged) {
-    note_destaged(actor, 1);
+    note_destaged(txn, actor, 1);
   }
   return true;
 }
 
-Registered BlockStore::register_staged(Grant g,
+Registered BlockStore::register_staged(Txn& txn,
+                                       Grant g,
                                        std::uint32_t actor,
                                        DuplicationPolicy policy) noexcept {
   checkpoint(6);
@@ -365,18 +400,19 @@ Registered BlockStore::register_staged(Grant g,
     m.dup_primary = p;
     m.holders = bit(actor);
     pm.keepalive += 1;
-    count(shm::kDuplicateBlocks);
+    count(txn, shm::kDuplicateBlocks);
     return Registered{Grant{g.slot, g.generation, true}, false};
   }
   to_reset(g.slot);
   KVBM_CRASH_POINT("register.rejected");
   const bool newly_held = (pm.holders & bit(actor)) == 0;
   pm.holders |= bit(actor);
-  count(shm::kRegistrationDedup);
+  count(txn, shm::kRegistrationDedup);
   return Registered{Grant{p, pm.generation.load(std::memory_order_relaxed), newly_held}, true};
 }
 
-std::optional<Grant> BlockStore::acquire(SequenceHash hash,
+std::optional<Grant> BlockStore::acquire(Txn&,
+                                         SequenceHash hash,
                                          std::uint32_t actor,
                                          bool touch) noexcept {
   const std::uint32_t p = index_.find(hash.hi(), hash.lo());
@@ -404,7 +440,7 @@ bool BlockStore::holds(std::uint32_t slot, std::uint32_t actor) const noexcept {
   return (slots_[slot].holders & bit(actor)) != 0;
 }
 
-void BlockStore::release_holder(std::uint32_t slot, std::uint32_t actor) noexcept {
+void BlockStore::release_holder(Txn&, std::uint32_t slot, std::uint32_t actor) noexcept {
   auto& m = slots_[slot];
   if ((m.holders & bit(actor)) == 0) {
     return;
@@ -435,12 +471,12 @@ void BlockStore::release_holder(std::uint32_t slot, std::uint32_t actor) noexcep
   }
 }
 
-void BlockStore::set_reset_on_release(std::uint32_t slot, bool value) noexcept {
+void BlockStore::set_reset_on_release(Txn&, std::uint32_t slot, bool value) noexcept {
   log(slot);
   slots_[slot].reset_on_release = value ? 1 : 0;
 }
 
-std::uint64_t BlockStore::drain_inactive(std::uint32_t /*actor*/) noexcept {
+std::uint64_t BlockStore::drain_inactive(Txn&, std::uint32_t /*actor*/) noexcept {
   std::uint64_t drained = 0;
   for (;;) {
     checkpoint(4);
@@ -462,7 +498,7 @@ std::uint64_t BlockStore::drain_inactive(std::uint32_t /*actor*/) noexcept {
   return drained;
 }
 
-void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
+void BlockStore::reap(Txn& txn, std::uint32_t proc, bool detach) noexcept {
   for (std::uint32_t s = 0; s < n_; ++s) {
     auto& m = slots_[s];
     if ((m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged)) &&
@@ -473,7 +509,7 @@ void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
       KVBM_CRASH_POINT("reap.exclusive");
     }
     if ((m.holders & bit(proc)) != 0) {
-      release_holder(s, proc);
+      release_holder(txn, s, proc);
       KVBM_CRASH_POINT("reap.holder");
     }
   }
@@ -487,16 +523,16 @@ void BlockStore::reap(std::uint32_t proc, bool detach) noexcept {
   in.proc_target = proc;
   barrier();
   // The entry's stagings leave the per-entry sum of kvbm_stagings_total with the entry.
-  count(shm::kStagings, e.stagings.load(std::memory_order_relaxed));
+  count(txn, shm::kStagings, e.stagings.load(std::memory_order_relaxed));
   e.incarnation.store(in.proc_incarnation_before + 1, std::memory_order_relaxed);
   e.state.store(static_cast<std::uint32_t>(shm::ProcState::kFree), std::memory_order_release);
   if (!detach) {
-    count(shm::kReapedProcesses);
+    count(txn, shm::kReapedProcesses);
   }
   KVBM_CRASH_POINT("reap.entry_freed");
 }
 
-void BlockStore::force_reset(std::uint32_t slot) noexcept {
+void BlockStore::force_reset(Txn&, std::uint32_t slot) noexcept {
   auto& m = slots_[slot];
   log(slot);
   m.state = st(SlotState::kReset);  // counts and the free list are rebuilt by the caller
@@ -506,7 +542,7 @@ void BlockStore::force_reset(std::uint32_t slot) noexcept {
   m.keepalive = 0;
 }
 
-void BlockStore::sanitize(std::vector<std::string>& actions) noexcept {
+void BlockStore::sanitize(Txn& txn, std::vector<std::string>& actions) noexcept {
   const std::uint32_t max_procs = seg_.max_processes();
   auto in_use = [&](std::uint32_t p) {
     return p < max_procs && procs_[p].state.load(std::memory_order_relaxed) !=
@@ -558,7 +594,7 @@ void BlockStore::sanitize(std::vector<std::string>& actions) noexcept {
         if ((m.holders >> p & 1) != 0 && !in_use(p)) {
           note(fmt::format("slot {}: released the reference of process entry {} (not in use)", s,
                            p));
-          release_holder(s, p);
+          release_holder(txn, s, p);
         }
       }
     }
@@ -597,7 +633,8 @@ void BlockStore::sanitize(std::vector<std::string>& actions) noexcept {
   }
 }
 
-std::uint64_t BlockStore::claim_process(std::uint32_t proc,
+std::uint64_t BlockStore::claim_process(const StoreLock&,
+                                        std::uint32_t proc,
                                         std::int32_t pid,
                                         std::uint64_t start_ticks,
                                         std::uint64_t pidns) noexcept {

@@ -27,6 +27,7 @@
 #include "segment/segment.hpp"
 #include "shm/intent.hpp"
 #include "store/hash_index.hpp"
+#include "store/store_lock.hpp"
 
 namespace kvbm::detail {
 
@@ -52,17 +53,49 @@ class BlockStore {
   Segment& segment() { return seg_; }
 
   // --- transactions (intent record) -------------------------------------------------------
-  /// Arms the intent for an operation of `actor` (kNil for tools that are not attached).
-  void begin(shm::IntentOp op, std::uint32_t actor);
-  /// Disarms: the slots are consistent again.
-  void commit();
+  /// The one way into a mutating store call: holds the store mutex (its own StoreLock, or one
+  /// the caller keeps for several transactions in a row) and arms the intent record for an
+  /// operation of `actor` (kNil for tools that are not attached); commits when it goes out of
+  /// scope, then releases an owned lock.
+  ///
+  /// It commits on an exception too: every store call is noexcept and leaves the slots
+  /// consistent, so an exception can only come between two calls (e.g. a register batch that
+  /// finds a block no longer staged), when the changes so far are a consistent state this live
+  /// process goes on from. Rolling back is only for a process that died inside a call, which
+  /// recover() does.
+  struct KeepLock {};
+  class Txn {
+   public:
+    /// Takes over `lock`; released after the commit.
+    Txn(BlockStore& store, StoreLock&& lock, shm::IntentOp op, std::uint32_t actor) noexcept
+        : owned_(std::move(lock)), store_(store) {
+      store_.begin(op, actor);
+    }
+    /// Under `held`, which the caller keeps after this transaction (several in a row).
+    Txn(BlockStore& store,
+        const StoreLock& /*held*/,
+        KeepLock,
+        shm::IntentOp op,
+        std::uint32_t actor) noexcept
+        : store_(store) {
+      store_.begin(op, actor);
+    }
+    ~Txn() { store_.commit(); }
+    Txn(const Txn&) = delete;
+    Txn& operator=(const Txn&) = delete;
 
-  // --- transitions: each runs inside begin()/commit() ---------------------------------------
+   private:
+    std::optional<StoreLock> owned_;  // destroyed after the destructor's commit
+    BlockStore& store_;
+  };
+
+  // --- transitions: each runs inside a Txn ------------------------------------------------
   std::uint64_t free_count() const;
   std::uint64_t inactive_count() const;
   /// Requires free_count() + inactive_count() >= n. Reset pool first, then evictions (their
   /// hashes appended to `evicted` if given).
-  void allocate(std::size_t n,
+  void allocate(Txn& txn,
+                std::size_t n,
                 std::uint32_t actor,
                 std::vector<Grant>& out,
                 std::vector<SequenceHash>* evicted) noexcept;
@@ -74,57 +107,65 @@ class BlockStore {
   StageResult stage_lock_free(Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
   /// Mutable -> Staged under the mutex. False if the slot is not this actor's Mutable slot of
   /// that generation.
-  bool stage(Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
+  bool stage(Txn& txn, Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
   /// `n` Staged slots of `actor` left Staged under the mutex (registered).
-  void note_destaged(std::uint32_t actor, std::uint64_t n) noexcept;
+  void note_destaged(Txn& txn, std::uint32_t actor, std::uint64_t n) noexcept;
   /// Staged -> Mutable (reset-on-release back to the default).
-  bool unstage(Grant g, std::uint32_t actor) noexcept;
+  bool unstage(Txn& txn, Grant g, std::uint32_t actor) noexcept;
   /// Mutable or Staged (this actor's, this generation) -> Reset.
-  bool release_exclusive(Grant g, std::uint32_t actor) noexcept;
+  bool release_exclusive(Txn& txn, Grant g, std::uint32_t actor) noexcept;
   /// True if the slot is this actor's Staged slot of that generation.
   bool is_staged_by(Grant g, std::uint32_t actor) const noexcept;
   /// Staged -> Primary / Duplicate / Reset (+ existing primary) per `policy`.
-  Registered register_staged(Grant g, std::uint32_t actor, DuplicationPolicy policy) noexcept;
+  Registered register_staged(Txn& txn,
+                             Grant g,
+                             std::uint32_t actor,
+                             DuplicationPolicy policy) noexcept;
   /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set. `touch` counts
   /// a frequency event for the MultiLRU sketch (match hits and touching scans).
-  std::optional<Grant> acquire(SequenceHash hash, std::uint32_t actor, bool touch = false) noexcept;
+  std::optional<Grant> acquire(Txn& txn,
+                               SequenceHash hash,
+                               std::uint32_t actor,
+                               bool touch = false) noexcept;
   /// Clears actor's holder bit; the last holder releases the slot (Primary -> Inactive or Reset,
   /// Duplicate -> Reset and its keep-alive dropped).
-  void release_holder(std::uint32_t slot, std::uint32_t actor) noexcept;
+  void release_holder(Txn& txn, std::uint32_t slot, std::uint32_t actor) noexcept;
   bool holds(std::uint32_t slot, std::uint32_t actor) const noexcept;
   /// The Primary or Inactive slot of `hash`, or kNil. Changes nothing.
   std::uint32_t find(SequenceHash hash) const noexcept { return index_.find(hash.hi(), hash.lo()); }
-  void set_reset_on_release(std::uint32_t slot, bool value) noexcept;
+  void set_reset_on_release(Txn& txn, std::uint32_t slot, bool value) noexcept;
   /// Inactive -> Reset for every inactive block; returns how many.
-  std::uint64_t drain_inactive(std::uint32_t actor) noexcept;
+  std::uint64_t drain_inactive(Txn& txn, std::uint32_t actor) noexcept;
   /// Releases everything process entry `proc` holds and frees the entry. A dead process's entry
   /// counts in kvbm_reaped_processes_total; a clean detach (`detach`) does not.
-  void reap(std::uint32_t proc, bool detach = false) noexcept;
+  void reap(Txn& txn, std::uint32_t proc, bool detach = false) noexcept;
   /// Claims entry `proc` for a new attachment; returns its new incarnation.
-  std::uint64_t claim_process(std::uint32_t proc,
+  std::uint64_t claim_process(const StoreLock& held,
+                              std::uint32_t proc,
                               std::int32_t pid,
                               std::uint64_t start_ticks,
                               std::uint64_t pidns) noexcept;
 
-  void count(shm::Counter c, std::uint64_t n = 1) noexcept;
+  void count(Txn& txn, shm::Counter c, std::uint64_t n = 1) noexcept;
   /// Starts loading the hash-index bucket a lookup of `hash` reads first. A batch issues these
   /// for all its hashes before the lookups, so their cache misses overlap. Changes nothing.
   void prefetch_lookup(SequenceHash hash) const noexcept { index_.prefetch(hash.hi(), hash.lo()); }
   /// Repair only: a slot whose state value is invalid goes to Reset (no list touched; run
   /// rebuild_derived() afterwards). Requires a transaction.
-  void force_reset(std::uint32_t slot) noexcept;
+  void force_reset(Txn& txn, std::uint32_t slot) noexcept;
   /// Repair only: makes every slot's fields agree with its state and with the process table,
   /// never promoting a block: orphaned Mutable/Staged slots and Duplicates without a valid
   /// primary go to Reset, holder bits of entries not in use are released with the normal
   /// transitions, stray owner/link/holder fields are cleared. Appends what it did. Requires a
   /// transaction and sound derived structures (rebuild_derived() first).
-  void sanitize(std::vector<std::string>& actions) noexcept;
+  void sanitize(Txn& txn, std::vector<std::string>& actions) noexcept;
   /// Tests only: record a slot's before-image as an operation would.
-  void log_for_test(std::uint32_t slot) noexcept { log(slot); }
+  void log_for_test(Txn& /*txn*/, std::uint32_t slot) noexcept { log(slot); }
 
   // --- recovery and checking ------------------------------------------------------------
-  /// On EOWNERDEAD: roll back an armed intent, rebuild everything derived, check invariants.
-  /// Returns the problems that remain (empty = recovered).
+  /// On EOWNERDEAD (the caller holds the mutex, not yet consistent, so no StoreLock exists yet):
+  /// roll back an armed intent, rebuild everything derived, check invariants. Returns the
+  /// problems that remain (empty = recovered). Outside any transaction: it is what undoes one.
   std::vector<std::string> recover();
   /// Rebuilds free list, inactive backend, hash index, state and keep-alive counts from slots.
   /// Returns problems it could not fix (e.g. two cached slots with one hash).
@@ -133,6 +174,16 @@ class BlockStore {
   void verify(std::vector<std::string>& problems) const;
 
  private:
+  /// Arms the intent (Txn only).
+  void begin(shm::IntentOp op, std::uint32_t actor);
+  /// Disarms: the slots are consistent again (Txn only).
+  void commit();
+  /// Counter update without a transaction's before-image (recovery's own count).
+  void bump(shm::Counter c, std::uint64_t n) noexcept;
+  /// Debug builds: aborts unless a transaction is open and this thread holds the mutex.
+  void check_in_txn() const noexcept;
+  /// Debug builds: aborts unless this thread holds the mutex.
+  void check_locked() const noexcept;
   void log(std::uint32_t slot) noexcept;
   /// Commits and re-arms when fewer than `reserve` image slots are left in the intent.
   void checkpoint(std::uint32_t reserve) noexcept;
@@ -153,6 +204,7 @@ class BlockStore {
   std::uint8_t default_ror_;
   HashIndex index_;
   std::unique_ptr<InactiveBackend> backend_;
+  bool in_txn_ = false;  // a Txn is open (its begin() ran, its commit() has not)
 };
 
 }  // namespace kvbm::detail

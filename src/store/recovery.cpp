@@ -17,6 +17,7 @@ using shm::kNil;
 using shm::SlotState;
 
 std::vector<std::string> BlockStore::recover() {
+  check_locked();
   auto& in = ctl_->intent;
   KVBM_CRASH_POINT("recover.start");
   std::uint32_t dead_actor = kNil;
@@ -54,12 +55,13 @@ std::vector<std::string> BlockStore::recover() {
   verify(problems);
   if (problems.empty()) {
     seg_.header()->epoch.fetch_add(1, std::memory_order_relaxed);
-    count(shm::kRecoveries);
+    bump(shm::kRecoveries, 1);
   }
   return problems;
 }
 
 std::vector<std::string> BlockStore::rebuild_derived() {
+  check_locked();
   std::vector<std::string> problems;
   std::uint64_t counts[shm::kSlotStateCount] = {};
   for (std::uint32_t s = 0; s < n_; ++s) {

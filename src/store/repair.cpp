@@ -40,6 +40,7 @@ void reinit_store_mutex(Segment& seg) {
 
 void repair_locked(Segment& seg,
                    BlockStore& store,
+                   const StoreLock& held,
                    const std::vector<ProcessView>& procs,
                    std::vector<std::string>& actions) {
   if ((seg.control()->intent.seq.load() & 1) != 0) {
@@ -48,21 +49,23 @@ void repair_locked(Segment& seg,
   }
   // Slots with impossible state values first, then sound derived structures, so that reaping
   // and sanitising below never follow a damaged link.
-  store.begin(shm::IntentOp::kReap, shm::kNil);
-  for (std::uint32_t s = 0; s < seg.block_count(); ++s) {
-    if (seg.slots()[s].state >= shm::kSlotStateCount) {
-      actions.push_back(fmt::format("slot {}: invalid state value -> reset", s));
-      store.force_reset(s);
+  {
+    BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
+    for (std::uint32_t s = 0; s < seg.block_count(); ++s) {
+      if (seg.slots()[s].state >= shm::kSlotStateCount) {
+        actions.push_back(fmt::format("slot {}: invalid state value -> reset", s));
+        store.force_reset(txn, s);
+      }
     }
   }
-  store.commit();
   for (auto& p : store.rebuild_derived()) {
     actions.push_back("rebuild: " + p);
   }
   // Broken links (e.g. a duplicate pointing nowhere) are cut before reaping walks them.
-  store.begin(shm::IntentOp::kReap, shm::kNil);
-  store.sanitize(actions);
-  store.commit();
+  {
+    BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
+    store.sanitize(txn, actions);
+  }
   for (const auto& p : procs) {
     if (p.alive || !ofd_try_lock(seg.fd(), shm::kLivenessLockBase + p.index)) {
       continue;  // alive, or a new attacher took the entry since the probe
@@ -70,14 +73,16 @@ void repair_locked(Segment& seg,
     actions.push_back(fmt::format(
         "released process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
         p.pid, p.exclusive, p.held));
-    store.begin(shm::IntentOp::kReap, shm::kNil);
-    store.reap(p.index);
-    store.commit();
+    {
+      BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
+      store.reap(txn, p.index);
+    }
     ofd_unlock(seg.fd(), shm::kLivenessLockBase + p.index);
   }
-  store.begin(shm::IntentOp::kReap, shm::kNil);
-  store.sanitize(actions);
-  store.commit();
+  {
+    BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
+    store.sanitize(txn, actions);
+  }
   for (auto& p : store.rebuild_derived()) {
     actions.push_back("rebuild: " + p);
   }

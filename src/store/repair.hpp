@@ -19,12 +19,13 @@ std::vector<std::string> plan_repair(Segment& segment,
                                      BlockStore& store,
                                      const std::vector<ProcessView>& procs);
 
-/// Under the store mutex: rolls back an armed intent, resets slots with impossible state values,
-/// rebuilds the derived structures, cuts broken links, releases every dead entry of `procs`
+/// Under the store mutex (`held`): rolls back an armed intent, resets slots with impossible state
+/// values, rebuilds the derived structures, cuts broken links, releases every dead entry of `procs`
 /// (those whose liveness byte this call wins), sanitises and rebuilds again, bumps the epoch.
 /// Never promotes Mutable/Staged slots to cached states. Appends what it did to `actions`.
 void repair_locked(Segment& segment,
                    BlockStore& store,
+                   const StoreLock& held,
                    const std::vector<ProcessView>& procs,
                    std::vector<std::string>& actions);
 

@@ -17,10 +17,14 @@ void Peer::lock_store_and_hold(BlockManager& m) {
 
 void Peer::half_done_operation_and_hold(BlockManager& m, BlockId id) {
   auto& att = *m.att_;
-  att.segment().control()->mutex.lock();
+  auto& mu = att.segment().control()->mutex;
+  mu.lock();
   auto& store = att.store();
-  store.begin(shm::IntentOp::kAllocate, att.me());
-  store.log_for_test(id);
+  // Never destroyed: the transaction must stay open and the mutex held until the caller is
+  // killed, as in a process that dies in the middle of an operation.
+  auto* txn =
+      new detail::BlockStore::Txn(store, detail::StoreLock(mu), shm::IntentOp::kAllocate, att.me());
+  store.log_for_test(*txn, id);
   att.segment().slots()[id].state = 0x7F;
 }
 

@@ -25,10 +25,7 @@ ToolSession::~ToolSession() {
 }
 
 void ToolSession::unlock() {
-  if (locked_) {
-    seg_->control()->mutex.unlock();
-    locked_ = false;
-  }
+  lock_.reset();
 }
 
 Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::string>& notes) {
@@ -77,7 +74,7 @@ Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::
     default:
       return tl::unexpected(Error{Errc::kSystem, 0, "pthread_mutex_timedlock failed"});
   }
-  locked_ = true;
+  lock_.emplace(mu);
   return {};
 }
 
@@ -161,7 +158,7 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
   for (auto& n : notes) {
     report.actions.push_back(std::move(n));
   }
-  repair_locked(seg, store, procs, report.actions);
+  repair_locked(seg, store, *(*session)->held(), procs, report.actions);
   (*session)->unlock();
   report.remaining = verify_segment(**session);
   return report;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,13 +32,15 @@ class ToolSession {
   /// poisoned or recovery failed.
   Result<void> lock(std::chrono::milliseconds wait, std::vector<std::string>& notes);
   void unlock();
+  /// The store mutex while lock() holds it, else nullptr.
+  const StoreLock* held() const { return lock_ ? &*lock_ : nullptr; }
   ~ToolSession();
 
  private:
   ToolSession() = default;
   std::unique_ptr<Segment> seg_;
   std::unique_ptr<BlockStore> store_;
-  bool locked_ = false;
+  std::optional<StoreLock> lock_;  // released before store_ and seg_ go
 };
 
 /// Every problem: structural invariants (under the lock) and dead-but-unreaped entries.
