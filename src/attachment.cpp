@@ -128,7 +128,6 @@ void Attachment::throw_forked() {
 }
 
 Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
-  auto* header = seg_->header();
   auto& mu = seg_->control()->mutex;
   if (raw == EBUSY && poisoned()) {
     throw segment_error(Errc::kCorrupted,
@@ -140,29 +139,20 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
     case shm::LockStatus::kOk:
       break;
     case shm::LockStatus::kOwnerDead: {
-      std::vector<std::string> problems;
-      try {
-        problems = store_->recover();
-      } catch (const std::exception& e) {
-        problems.push_back(e.what());
-      }
-      if (!problems.empty() || !mu.consistent()) {
-        header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned),
-                                 std::memory_order_release);
-        mu.unlock();  // without consistent(): the mutex becomes unrecoverable on purpose
+      const std::vector<std::string> problems = store_->recover_or_poison();
+      if (!problems.empty()) {
         throw segment_error(
             Errc::kCorrupted,
             fmt::format("segment '{}': recovery after a crash failed ({}{}); the segment is "
                         "poisoned; run 'kvbm-ctl repair {}'",
-                        config().name, problems.empty() ? "mutex" : problems.front(),
+                        config().name, problems.front(),
                         problems.size() > 1 ? fmt::format(" and {} more", problems.size() - 1) : "",
                         config().name));
       }
       break;
     }
     case shm::LockStatus::kNotRecoverable:
-      header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned),
-                               std::memory_order_release);
+      store_->poison();
       throw segment_error(Errc::kCorrupted,
                           fmt::format("segment '{}': store mutex is unrecoverable; run "
                                       "'kvbm-ctl repair {}'",

@@ -173,11 +173,7 @@ std::optional<std::vector<MutableBlock>> BlockManager::allocate(
       break;  // nothing was freed: retrying cannot succeed
     }
     ok = att_->run(IntentOp::kAllocate, [&](detail::BlockStore& store, auto& txn) {
-      if (store.free_count() + store.inactive_count() < count) {
-        return false;
-      }
-      store.allocate(txn, count, att_->me(), grants, evicted);
-      return true;
+      return store.allocate(txn, count, att_->me(), grants, evicted);
     });
   }
   if (!ok) {
@@ -216,33 +212,27 @@ std::vector<ImmutableBlock> BlockManager::register_blocks(std::vector<CompleteBl
   for (const CompleteBlock& b : blocks) {
     check_own(b);
   }
-  std::vector<Grant> results(blocks.size());
+  std::vector<detail::BlockStore::Staged> batch;
+  batch.reserve(blocks.size());
+  for (const CompleteBlock& b : blocks) {
+    batch.push_back({HandleAccess::grant(b), b.sequence_hash()});
+  }
   const DuplicationPolicy policy = config().duplication;
   att_->run(IntentOp::kRegister, [&](detail::BlockStore& store, auto& txn) {
-    for (const CompleteBlock& b : blocks) {
-      store.prefetch_lookup(b.sequence_hash());
+    if (auto stale = store.register_staged(txn, batch, att_->me(), policy)) {
+      throw std::invalid_argument(fmt::format(
+          "kvbm: CompleteBlock {} is no longer staged by this process", blocks[*stale].block_id()));
     }
-    for (const CompleteBlock& b : blocks) {
-      if (!store.is_staged_by(HandleAccess::grant(b), att_->me())) {
-        throw std::invalid_argument(fmt::format(
-            "kvbm: CompleteBlock {} is no longer staged by this process", b.block_id()));
-      }
+    for (const auto& b : batch) {
+      att_->hold(b.grant);
     }
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-      const detail::Registered r =
-          store.register_staged(txn, HandleAccess::grant(blocks[i]), att_->me(), policy);
-      att_->hold(r.block);
-      results[i] = r.block;
-    }
-    store.count(txn, shm::kRegistrations, blocks.size());
-    store.note_destaged(txn, att_->me(), blocks.size());
     return true;
   });
   std::vector<ImmutableBlock> out;
   out.reserve(blocks.size());
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     // The store consumed the staged slot: the CompleteBlock gives up its reference unreleased.
-    HandleAccess::append_immutable_from(out, blocks[i], results[i]);
+    HandleAccess::append_immutable_from(out, blocks[i], batch[i].grant);
   }
   return out;
 }
@@ -251,19 +241,10 @@ std::vector<ImmutableBlock> BlockManager::match_blocks(std::span<const SequenceH
   std::vector<Grant> grants;
   grants.reserve(hashes.size());
   att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
-    for (const SequenceHash& h : hashes) {
-      store.prefetch_lookup(h);
+    store.acquire_prefix(txn, hashes, att_->me(), grants);
+    for (const Grant& g : grants) {
+      att_->hold(g);
     }
-    for (const SequenceHash& h : hashes) {
-      auto g = store.acquire(txn, h, att_->me(), /*touch=*/true);
-      if (!g) {
-        break;
-      }
-      att_->hold(*g);
-      grants.push_back(*g);
-    }
-    store.count(txn, shm::kMatchHashesRequested, hashes.size());
-    store.count(txn, shm::kMatchBlocksReturned, grants.size());
     return true;
   });
   std::vector<ImmutableBlock> out;
@@ -278,19 +259,12 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
     std::span<const SequenceHash> hashes) {
   std::vector<std::optional<Grant>> grants(hashes.size());
   att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
-    for (const SequenceHash& h : hashes) {
-      store.prefetch_lookup(h);
-    }
-    std::uint64_t hits = 0;
-    for (std::size_t i = 0; i < hashes.size(); ++i) {
-      grants[i] = store.acquire(txn, hashes[i], att_->me(), /*touch=*/true);
-      if (grants[i]) {
-        att_->hold(*grants[i]);
-        ++hits;
+    store.acquire_each(txn, hashes, att_->me(), grants);
+    for (const auto& g : grants) {
+      if (g) {
+        att_->hold(*g);
       }
     }
-    store.count(txn, shm::kScanHashesRequested, hashes.size());
-    store.count(txn, shm::kScanBlocksReturned, hits);
     return true;
   });
   std::vector<std::optional<ImmutableBlock>> out(hashes.size());
@@ -304,24 +278,27 @@ std::vector<std::optional<ImmutableBlock>> BlockManager::match_blocks_scattered(
 
 std::unordered_map<SequenceHash, ImmutableBlock> BlockManager::scan_matches(
     std::span<const SequenceHash> hashes, bool touch) {
-  std::vector<std::pair<SequenceHash, Grant>> found;
-  found.reserve(hashes.size());
-  std::unordered_map<SequenceHash, ImmutableBlock> out;
-  out.reserve(hashes.size());
-  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
+  // Repeats are dropped before taking the lock (the store allocates nothing under it).
+  std::vector<SequenceHash> unique;
+  unique.reserve(hashes.size());
+  {
     std::unordered_map<SequenceHash, bool> seen;
     seen.reserve(hashes.size());
     for (const SequenceHash& h : hashes) {
-      if (!seen.emplace(h, true).second) {
-        continue;
-      }
-      if (auto g = store.acquire(txn, h, att_->me(), touch)) {
-        att_->hold(*g);
-        found.emplace_back(h, *g);
+      if (seen.emplace(h, true).second) {
+        unique.push_back(h);
       }
     }
-    store.count(txn, shm::kScanHashesRequested, hashes.size());
-    store.count(txn, shm::kScanBlocksReturned, found.size());
+  }
+  std::vector<std::pair<SequenceHash, Grant>> found;
+  found.reserve(unique.size());
+  std::unordered_map<SequenceHash, ImmutableBlock> out;
+  out.reserve(hashes.size());
+  att_->run(IntentOp::kAcquire, [&](detail::BlockStore& store, auto& txn) {
+    store.acquire_present(txn, unique, hashes.size(), att_->me(), touch, found);
+    for (const auto& [h, g] : found) {
+      att_->hold(g);
+    }
     return true;
   });
   for (const auto& [h, g] : found) {
@@ -385,8 +362,7 @@ std::size_t BlockManager::lookup_prefix(std::span<const SequenceHash> hashes) co
 Result<void> BlockManager::reset_inactive_pool() {
   std::uint64_t in_use = 0;
   att_->run(IntentOp::kDrain, [&](detail::BlockStore& store, auto& txn) {
-    store.drain_inactive(txn, att_->me());
-    in_use = total_blocks() - store.free_count();
+    in_use = store.drain_inactive(txn);
     return true;
   });
   if (in_use != 0) {

@@ -230,11 +230,14 @@ std::uint64_t BlockStore::inactive_count() const {
   return backend_->size();
 }
 
-void BlockStore::allocate(Txn& txn,
+bool BlockStore::allocate(Txn& txn,
                           std::size_t n,
                           std::uint32_t actor,
                           std::vector<Grant>& out,
                           std::vector<SequenceHash>* evicted) noexcept {
+  if (free_count() + inactive_count() < n) {
+    return false;
+  }
   std::uint64_t from_reset = 0;
   std::uint64_t from_inactive = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -270,6 +273,7 @@ void BlockStore::allocate(Txn& txn,
   count(txn, shm::kAllocations, from_reset + from_inactive);
   count(txn, shm::kAllocationsFromReset, from_reset);
   count(txn, shm::kEvictions, from_inactive);
+  return true;
 }
 
 BlockStore::StageResult BlockStore::stage_lock_free(Grant g,
@@ -368,10 +372,30 @@ bool BlockStore::release_exclusive(Txn& txn, Grant g, std::uint32_t actor) noexc
   return true;
 }
 
-Registered BlockStore::register_staged(Txn& txn,
-                                       Grant g,
-                                       std::uint32_t actor,
-                                       DuplicationPolicy policy) noexcept {
+std::optional<std::size_t> BlockStore::register_staged(Txn& txn,
+                                                       std::span<Staged> batch,
+                                                       std::uint32_t actor,
+                                                       DuplicationPolicy policy) noexcept {
+  for (const Staged& b : batch) {
+    prefetch_lookup(b.hash);
+  }
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (!is_staged_by(batch[i].grant, actor)) {
+      return i;
+    }
+  }
+  for (Staged& b : batch) {
+    b.grant = register_one(txn, b.grant, actor, policy).block;
+  }
+  count(txn, shm::kRegistrations, batch.size());
+  note_destaged(txn, actor, batch.size());
+  return std::nullopt;
+}
+
+Registered BlockStore::register_one(Txn& txn,
+                                    Grant g,
+                                    std::uint32_t actor,
+                                    DuplicationPolicy policy) noexcept {
   checkpoint(6);
   auto& m = slots_[g.slot];
   const std::uint32_t p = index_.find(m.hash_hi, m.hash_lo);
@@ -411,10 +435,67 @@ Registered BlockStore::register_staged(Txn& txn,
   return Registered{Grant{p, pm.generation.load(std::memory_order_relaxed), newly_held}, true};
 }
 
-std::optional<Grant> BlockStore::acquire(Txn&,
+std::optional<Grant> BlockStore::acquire(Txn& txn,
                                          SequenceHash hash,
-                                         std::uint32_t actor,
-                                         bool touch) noexcept {
+                                         std::uint32_t actor) noexcept {
+  return acquire_one(txn, hash, actor, /*touch=*/false);
+}
+
+void BlockStore::acquire_prefix(Txn& txn,
+                                std::span<const SequenceHash> hashes,
+                                std::uint32_t actor,
+                                std::vector<Grant>& out) noexcept {
+  for (const SequenceHash& h : hashes) {
+    prefetch_lookup(h);
+  }
+  const std::size_t before = out.size();
+  for (const SequenceHash& h : hashes) {
+    const auto g = acquire_one(txn, h, actor, /*touch=*/true);
+    if (!g) {
+      break;
+    }
+    out.push_back(*g);
+  }
+  count(txn, shm::kMatchHashesRequested, hashes.size());
+  count(txn, shm::kMatchBlocksReturned, out.size() - before);
+}
+
+void BlockStore::acquire_each(Txn& txn,
+                              std::span<const SequenceHash> hashes,
+                              std::uint32_t actor,
+                              std::span<std::optional<Grant>> out) noexcept {
+  for (const SequenceHash& h : hashes) {
+    prefetch_lookup(h);
+  }
+  std::uint64_t hits = 0;
+  for (std::size_t i = 0; i < hashes.size(); ++i) {
+    out[i] = acquire_one(txn, hashes[i], actor, /*touch=*/true);
+    hits += out[i] ? 1 : 0;
+  }
+  count(txn, shm::kScanHashesRequested, hashes.size());
+  count(txn, shm::kScanBlocksReturned, hits);
+}
+
+void BlockStore::acquire_present(Txn& txn,
+                                 std::span<const SequenceHash> unique,
+                                 std::size_t requested,
+                                 std::uint32_t actor,
+                                 bool touch,
+                                 std::vector<std::pair<SequenceHash, Grant>>& out) noexcept {
+  const std::size_t before = out.size();
+  for (const SequenceHash& h : unique) {
+    if (const auto g = acquire_one(txn, h, actor, touch)) {
+      out.emplace_back(h, *g);
+    }
+  }
+  count(txn, shm::kScanHashesRequested, requested);
+  count(txn, shm::kScanBlocksReturned, out.size() - before);
+}
+
+std::optional<Grant> BlockStore::acquire_one(Txn&,
+                                             SequenceHash hash,
+                                             std::uint32_t actor,
+                                             bool touch) noexcept {
   const std::uint32_t p = index_.find(hash.hi(), hash.lo());
   if (p == kNil) {
     return std::nullopt;
@@ -476,8 +557,7 @@ void BlockStore::set_reset_on_release(Txn&, std::uint32_t slot, bool value) noex
   slots_[slot].reset_on_release = value ? 1 : 0;
 }
 
-std::uint64_t BlockStore::drain_inactive(Txn&, std::uint32_t /*actor*/) noexcept {
-  std::uint64_t drained = 0;
+std::uint64_t BlockStore::drain_inactive(Txn&) noexcept {
   for (;;) {
     checkpoint(4);
     const std::uint32_t s = backend_->pop_victim();
@@ -493,9 +573,8 @@ std::uint64_t BlockStore::drain_inactive(Txn&, std::uint32_t /*actor*/) noexcept
     slots_[s].reset_on_release = default_ror_;
     to_reset(s);
     KVBM_CRASH_POINT("drain.slot");
-    ++drained;
   }
-  return drained;
+  return n_ - free_count();
 }
 
 void BlockStore::reap(Txn& txn, std::uint32_t proc, bool detach) noexcept {

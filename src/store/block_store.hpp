@@ -17,7 +17,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvbm/config.hpp"
@@ -89,12 +91,16 @@ class BlockStore {
     BlockStore& store_;
   };
 
-  // --- transitions: each runs inside a Txn ------------------------------------------------
+  // --- operations: each runs inside a Txn and does its own counting ---------------------
+  // One call per user operation: the manager's batch calls map to one operation each, which
+  // updates the segment's counters (section 5 metrics) itself. Nothing here allocates: output
+  // vectors are reserved by the caller.
   std::uint64_t free_count() const;
   std::uint64_t inactive_count() const;
-  /// Requires free_count() + inactive_count() >= n. Reset pool first, then evictions (their
-  /// hashes appended to `evicted` if given).
-  void allocate(Txn& txn,
+  /// All-or-nothing: `n` blocks for `actor`, the reset pool first, then evictions (their hashes
+  /// appended to `evicted` if given). False, changing nothing, if the reset and inactive pools
+  /// together hold fewer than `n`. Counts allocations, allocations from reset, evictions.
+  bool allocate(Txn& txn,
                 std::size_t n,
                 std::uint32_t actor,
                 std::vector<Grant>& out,
@@ -108,34 +114,63 @@ class BlockStore {
   /// Mutable -> Staged under the mutex. False if the slot is not this actor's Mutable slot of
   /// that generation.
   bool stage(Txn& txn, Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
-  /// `n` Staged slots of `actor` left Staged under the mutex (registered).
-  void note_destaged(Txn& txn, std::uint32_t actor, std::uint64_t n) noexcept;
   /// Staged -> Mutable (reset-on-release back to the default).
   bool unstage(Txn& txn, Grant g, std::uint32_t actor) noexcept;
   /// Mutable or Staged (this actor's, this generation) -> Reset.
   bool release_exclusive(Txn& txn, Grant g, std::uint32_t actor) noexcept;
   /// True if the slot is this actor's Staged slot of that generation.
   bool is_staged_by(Grant g, std::uint32_t actor) const noexcept;
-  /// Staged -> Primary / Duplicate / Reset (+ existing primary) per `policy`.
-  Registered register_staged(Txn& txn,
-                             Grant g,
-                             std::uint32_t actor,
-                             DuplicationPolicy policy) noexcept;
-  /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set. `touch` counts
-  /// a frequency event for the MultiLRU sketch (match hits and touching scans).
-  std::optional<Grant> acquire(Txn& txn,
-                               SequenceHash hash,
-                               std::uint32_t actor,
-                               bool touch = false) noexcept;
+  /// A staged block of a register batch: its grant on the way in, the grant the caller then
+  /// holds on the way out.
+  struct Staged {
+    Grant grant;
+    SequenceHash hash;
+  };
+  /// Registers a batch of `actor`'s Staged slots per `policy` (Staged -> Primary / Duplicate /
+  /// Reset + the existing primary), replacing each grant by the one now held. If any block is
+  /// not actor's Staged slot of that generation any more, changes nothing and returns its
+  /// index. Counts registrations, duplicates and dedups.
+  std::optional<std::size_t> register_staged(Txn& txn,
+                                             std::span<Staged> batch,
+                                             std::uint32_t actor,
+                                             DuplicationPolicy policy) noexcept;
+  /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set (a weak
+  /// block's upgrade; counts nothing).
+  std::optional<Grant> acquire(Txn& txn, SequenceHash hash, std::uint32_t actor) noexcept;
+  /// match_blocks: acquires `hashes` in order up to the first miss, appending the grants to
+  /// `out`. Counts kvbm_match_*; each hit is a TinyLFU frequency event.
+  void acquire_prefix(Txn& txn,
+                      std::span<const SequenceHash> hashes,
+                      std::uint32_t actor,
+                      std::vector<Grant>& out) noexcept;
+  /// match_blocks_scattered: acquires each of `hashes` (out[i] stays nullopt on a miss).
+  /// Counts kvbm_scan_*; each hit is a frequency event.
+  void acquire_each(Txn& txn,
+                    std::span<const SequenceHash> hashes,
+                    std::uint32_t actor,
+                    std::span<std::optional<Grant>> out) noexcept;
+  /// scan_matches: acquires each of the `unique` hashes (the caller's `requested` hashes without
+  /// repeats) that is present, appending (hash, grant) to `out`. Counts kvbm_scan_* (requested
+  /// hashes, unique hits); with `touch` each hit is a frequency event.
+  void acquire_present(Txn& txn,
+                       std::span<const SequenceHash> unique,
+                       std::size_t requested,
+                       std::uint32_t actor,
+                       bool touch,
+                       std::vector<std::pair<SequenceHash, Grant>>& out) noexcept;
   /// Clears actor's holder bit; the last holder releases the slot (Primary -> Inactive or Reset,
   /// Duplicate -> Reset and its keep-alive dropped).
   void release_holder(Txn& txn, std::uint32_t slot, std::uint32_t actor) noexcept;
   bool holds(std::uint32_t slot, std::uint32_t actor) const noexcept;
   /// The Primary or Inactive slot of `hash`, or kNil. Changes nothing.
   std::uint32_t find(SequenceHash hash) const noexcept { return index_.find(hash.hi(), hash.lo()); }
+  /// Starts loading the hash-index bucket a lookup of `hash` reads first. A batch issues these
+  /// for all its hashes before the lookups, so their cache misses overlap. Changes nothing.
+  void prefetch_lookup(SequenceHash hash) const noexcept { index_.prefetch(hash.hi(), hash.lo()); }
   void set_reset_on_release(Txn& txn, std::uint32_t slot, bool value) noexcept;
-  /// Inactive -> Reset for every inactive block; returns how many.
-  std::uint64_t drain_inactive(Txn& txn, std::uint32_t actor) noexcept;
+  /// Inactive -> Reset for every inactive block (counted neither as allocations nor evictions);
+  /// returns how many blocks are still in use (not Reset) afterwards.
+  std::uint64_t drain_inactive(Txn& txn) noexcept;
   /// Releases everything process entry `proc` holds and frees the entry. A dead process's entry
   /// counts in kvbm_reaped_processes_total; a clean detach (`detach`) does not.
   void reap(Txn& txn, std::uint32_t proc, bool detach = false) noexcept;
@@ -146,10 +181,6 @@ class BlockStore {
                               std::uint64_t start_ticks,
                               std::uint64_t pidns) noexcept;
 
-  void count(Txn& txn, shm::Counter c, std::uint64_t n = 1) noexcept;
-  /// Starts loading the hash-index bucket a lookup of `hash` reads first. A batch issues these
-  /// for all its hashes before the lookups, so their cache misses overlap. Changes nothing.
-  void prefetch_lookup(SequenceHash hash) const noexcept { index_.prefetch(hash.hi(), hash.lo()); }
   /// Repair only: a slot whose state value is invalid goes to Reset (no list touched; run
   /// rebuild_derived() afterwards). Requires a transaction.
   void force_reset(Txn& txn, std::uint32_t slot) noexcept;
@@ -167,6 +198,13 @@ class BlockStore {
   /// roll back an armed intent, rebuild everything derived, check invariants. Returns the
   /// problems that remain (empty = recovered). Outside any transaction: it is what undoes one.
   std::vector<std::string> recover();
+  /// Recover-or-poison, for whoever got EOWNERDEAD (and so holds the mutex): recover(), then make
+  /// the mutex consistent; returns an empty list. If either fails, poisons the segment, unlocks
+  /// WITHOUT consistent() (the mutex becomes unrecoverable on purpose) and returns the problems
+  /// (never empty; "mutex" if only consistent() failed).
+  std::vector<std::string> recover_or_poison() noexcept;
+  /// Marks the segment poisoned: every later lock() refuses it until kvbm-ctl repair.
+  void poison() noexcept;
   /// Rebuilds free list, inactive backend, hash index, state and keep-alive counts from slots.
   /// Returns problems it could not fix (e.g. two cached slots with one hash).
   std::vector<std::string> rebuild_derived();
@@ -178,6 +216,19 @@ class BlockStore {
   void begin(shm::IntentOp op, std::uint32_t actor);
   /// Disarms: the slots are consistent again (Txn only).
   void commit();
+  /// Counter update; the value before this transaction's first change is logged.
+  void count(Txn& txn, shm::Counter c, std::uint64_t n = 1) noexcept;
+  /// `n` Staged slots of `actor` left Staged under the mutex.
+  void note_destaged(Txn& txn, std::uint32_t actor, std::uint64_t n) noexcept;
+  /// One slot's register step (the batch checked it is actor's Staged slot).
+  Registered register_one(Txn& txn,
+                          Grant g,
+                          std::uint32_t actor,
+                          DuplicationPolicy policy) noexcept;
+  std::optional<Grant> acquire_one(Txn& txn,
+                                   SequenceHash hash,
+                                   std::uint32_t actor,
+                                   bool touch) noexcept;
   /// Counter update without a transaction's before-image (recovery's own count).
   void bump(shm::Counter c, std::uint64_t n) noexcept;
   /// Debug builds: aborts unless a transaction is open and this thread holds the mutex.

@@ -60,6 +60,29 @@ std::vector<std::string> BlockStore::recover() {
   return problems;
 }
 
+std::vector<std::string> BlockStore::recover_or_poison() noexcept {
+  std::vector<std::string> problems;
+  try {
+    problems = recover();
+  } catch (const std::exception& e) {
+    problems.push_back(e.what());
+  }
+  if (problems.empty() && ctl_->mutex.consistent()) {
+    return problems;
+  }
+  if (problems.empty()) {
+    problems.push_back("mutex");
+  }
+  poison();
+  ctl_->mutex.unlock();  // without consistent(): the mutex becomes unrecoverable on purpose
+  return problems;
+}
+
+void BlockStore::poison() noexcept {
+  seg_.header()->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned),
+                                  std::memory_order_release);
+}
+
 std::vector<std::string> BlockStore::rebuild_derived() {
   check_locked();
   std::vector<std::string> problems;

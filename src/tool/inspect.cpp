@@ -50,13 +50,11 @@ Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::
       break;
     case shm::LockStatus::kOwnerDead: {
       const bool armed = (seg_->control()->intent.seq.load() & 1) != 0;
-      std::vector<std::string> problems = store_->recover();
-      if (!problems.empty() || !mu.consistent()) {
-        header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned));
-        mu.unlock();
-        return tl::unexpected(Error{Errc::kCorrupted, 0,
-                                    fmt::format("recovery after a crash failed: {}",
-                                                problems.empty() ? "mutex" : problems.front())});
+      const std::vector<std::string> problems = store_->recover_or_poison();
+      if (!problems.empty()) {
+        return tl::unexpected(
+            Error{Errc::kCorrupted, 0,
+                  fmt::format("recovery after a crash failed: {}", problems.front())});
       }
       notes.push_back(armed ? "the store mutex was held by a process that died mid-operation: "
                               "rolled the operation back and rebuilt the indexes"
@@ -69,7 +67,7 @@ Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::
           Errc::kSystem, ETIMEDOUT,
           fmt::format("the store mutex is held by a live process (waited {} ms); try again", ms)});
     case shm::LockStatus::kNotRecoverable:
-      header->init_state.store(static_cast<std::uint32_t>(shm::InitState::kPoisoned));
+      store_->poison();
       return tl::unexpected(Error{Errc::kCorrupted, 0, "the store mutex is unrecoverable"});
     default:
       return tl::unexpected(Error{Errc::kSystem, 0, "pthread_mutex_timedlock failed"});
