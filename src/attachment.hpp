@@ -29,7 +29,7 @@ extern std::atomic<std::uint64_t> g_fork_generation;
 class Attachment : public std::enable_shared_from_this<Attachment> {
  public:
   /// Claims a process-table entry (reaping a dead predecessor) on an opened segment.
-  static Result<std::shared_ptr<Attachment>> attach(std::unique_ptr<Segment> segment);
+  [[nodiscard]] static Result<std::shared_ptr<Attachment>> attach(std::unique_ptr<Segment> segment);
   ~Attachment();
   Attachment(const Attachment&) = delete;
   Attachment& operator=(const Attachment&) = delete;

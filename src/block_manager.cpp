@@ -90,7 +90,7 @@ Result<std::shared_ptr<BlockManager>> BlockManager::open(std::string_view name) 
 }
 
 Result<std::shared_ptr<BlockManager>> BlockManager::open_or_create(const SegmentConfig& config) {
-  if (auto ok = detail::validate_config(config); !ok) {
+  if (auto ok = validate_config(config); !ok) {
     return tl::unexpected(ok.error());
   }
   // Exactly one concurrent caller creates (O_EXCL); the others open what it publishes.
@@ -120,7 +120,7 @@ Result<std::shared_ptr<BlockManager>> BlockManager::open_or_create(const Segment
 }
 
 Result<void> BlockManager::destroy(std::string_view name) {
-  if (auto ok = detail::validate_name(name); !ok) {
+  if (auto ok = validate_segment_name(name); !ok) {
     return ok;
   }
   // Only a segment whose header records a payload region owns "<name>.payload"; another

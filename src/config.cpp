@@ -1,9 +1,107 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "kvbm/config.hpp"
 
+#include <algorithm>
+
+#include <fmt/format.h>
+
 #include "kvbm/block_manager.hpp"
 
+#include "segment/slot_state_names.hpp"
+#include "shm/block_key.hpp"
+#include "shm/layout.hpp"
+
 namespace kvbm {
+
+namespace {
+
+Error config_error(Errc code, std::string message) {
+  return Error{code, 0, std::move(message)};
+}
+
+bool is_power_of_two(std::uint64_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
+
+}  // namespace
+
+// The one place a SegmentConfig is checked: BlockManager::create / open_or_create, kvbm-ctl
+// create, and Segment::open on the config recorded in a header (DESIGN.md section 8).
+Result<void> validate_segment_name(std::string_view name) {
+  auto alnum = [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+  };
+  if (name.empty()) {
+    return tl::unexpected(config_error(Errc::kInvalidConfig, "segment name is empty"));
+  }
+  if (name.size() > 200) {
+    return tl::unexpected(config_error(
+        Errc::kInvalidConfig, fmt::format("segment name is {} characters long; at most 200 are "
+                                          "allowed",
+                                          name.size())));
+  }
+  // [A-Za-z0-9][A-Za-z0-9._-]{0,199}
+  const bool valid = alnum(name.front()) && std::all_of(name.begin() + 1, name.end(), [&](char c) {
+                       return alnum(c) || c == '.' || c == '_' || c == '-';
+                     });
+  if (!valid) {
+    return tl::unexpected(config_error(
+        Errc::kInvalidConfig,
+        fmt::format("invalid segment name '{}': use letters, digits, '.', '_' and '-', starting "
+                    "with a letter or digit (no '/')",
+                    name)));
+  }
+  return {};
+}
+
+Result<void> validate_config(const SegmentConfig& c) {
+  if (auto ok = validate_segment_name(c.name); !ok) {
+    return ok;
+  }
+  auto bad = [](std::string msg) {
+    return tl::unexpected(config_error(Errc::kInvalidConfig, msg));
+  };
+  if (c.block_count == 0) {
+    return bad("block_count must be greater than 0");
+  }
+  if (c.block_count >= shm::kNil / 2) {
+    return bad(
+        fmt::format("block_count {} is too large (at most {})", c.block_count, shm::kNil / 2 - 1));
+  }
+  if (!is_power_of_two(c.block_size) || c.block_size > 1024) {
+    return bad(
+        fmt::format("block_size {} must be a power of two between 1 and 1024", c.block_size));
+  }
+  if (c.max_processes < 1 || c.max_processes > shm::kMaxProcesses) {
+    return bad(fmt::format("max_processes {} must be between 1 and {}", c.max_processes,
+                           shm::kMaxProcesses));
+  }
+  auto [a, b, t3] = c.multi_lru_thresholds;
+  if (!(a >= 1 && a < b && b < t3 && t3 <= 15)) {
+    return bad(fmt::format("multi_lru_thresholds {{{}, {}, {}}} must satisfy 1 <= a < b < c <= 15",
+                           a, b, t3));
+  }
+  if (!is_power_of_two(c.frequency_capacity) || c.frequency_capacity < (1u << 10) ||
+      c.frequency_capacity > (1u << 26)) {
+    return bad(fmt::format("frequency_capacity {} must be a power of two in [2^10, 2^26]",
+                           c.frequency_capacity));
+  }
+  if (static_cast<unsigned>(c.eviction) > 3 || static_cast<unsigned>(c.duplication) > 1 ||
+      static_cast<unsigned>(c.lineage_order) > 1) {
+    return bad("unknown eviction, duplication or lineage order value");
+  }
+  if ((c.permissions & ~0777u) != 0) {
+    return bad(fmt::format("permissions {:o} must be a file mode within 0777", c.permissions));
+  }
+  if (c.bytes_per_block > 0 &&
+      c.bytes_per_block > (std::uint64_t{1} << 40) / std::max<std::uint64_t>(1, c.block_count)) {
+    return bad("payload region would exceed 1 TiB (bytes_per_block x block_count)");
+  }
+  if (c.key_bytes > shm::kMaxKeyBytes) {
+    return bad(fmt::format("key_bytes {} must be at most {}", c.key_bytes, shm::kMaxKeyBytes));
+  }
+  return {};
+}
 
 std::string_view to_string(EvictionPolicy p) noexcept {
   switch (p) {
@@ -28,21 +126,7 @@ std::string_view to_string(LineageOrder o) noexcept {
 }
 
 std::string_view to_string(SlotState s) noexcept {
-  switch (s) {
-    case SlotState::kReset:
-      return "reset";
-    case SlotState::kMutable:
-      return "mutable";
-    case SlotState::kStaged:
-      return "staged";
-    case SlotState::kPrimary:
-      return "primary";
-    case SlotState::kDuplicate:
-      return "duplicate";
-    case SlotState::kInactive:
-      return "inactive";
-  }
-  return "invalid";
+  return detail::slot_state_name(static_cast<std::uint8_t>(s));
 }
 
 }  // namespace kvbm

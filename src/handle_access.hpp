@@ -14,7 +14,7 @@
 namespace kvbm::detail {
 
 struct HandleAccess {
-  static MutableBlock make_mutable(const std::shared_ptr<Attachment>& att, Grant g) {
+  [[nodiscard]] static MutableBlock make_mutable(const std::shared_ptr<Attachment>& att, Grant g) {
     MutableBlock b;
     fill(b, att, g);
     return b;
@@ -27,7 +27,7 @@ struct HandleAccess {
   }
   /// Requires: Attachment::hold(g) (or, on the WeakBlock fast path, an increment of a non-zero
   /// local count) was already done for this handle.
-  static ImmutableBlock make_immutable(Attachment* att, Grant g, SequenceHash h) {
+  [[nodiscard]] static ImmutableBlock make_immutable(Attachment* att, Grant g, SequenceHash h) {
     ImmutableBlock b;
     fill(b, att, g, h);
     return b;
@@ -46,7 +46,9 @@ struct HandleAccess {
     fill(out.emplace_back(), c.att_.get(), g, c.hash_);
     c.att_.reset();  // the held slot keeps the attachment alive now (Attachment::hold)
   }
-  static CompleteBlock make_complete(std::shared_ptr<Attachment> att, Grant g, SequenceHash h) {
+  [[nodiscard]] static CompleteBlock make_complete(std::shared_ptr<Attachment> att,
+                                                   Grant g,
+                                                   SequenceHash h) {
     CompleteBlock b;
     b.att_ = std::move(att);
     b.id_ = g.slot;
@@ -54,7 +56,9 @@ struct HandleAccess {
     b.hash_ = h;
     return b;
   }
-  static WeakBlock make_weak(const std::shared_ptr<Attachment>& att, Grant g, SequenceHash h) {
+  [[nodiscard]] static WeakBlock make_weak(const std::shared_ptr<Attachment>& att,
+                                           Grant g,
+                                           SequenceHash h) {
     WeakBlock w;
     w.att_ = att;
     w.id_ = g.slot;

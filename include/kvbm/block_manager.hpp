@@ -55,16 +55,17 @@ std::string_view to_string(HashPresence p) noexcept;  // "absent", "cached", "re
 class BlockManager {
  public:
   /// Creates the segment; kAlreadyExists if it is present, kInvalidConfig for a bad config.
-  static Result<std::shared_ptr<BlockManager>> create(const SegmentConfig& config);
+  [[nodiscard]] static Result<std::shared_ptr<BlockManager>> create(const SegmentConfig& config);
   /// Attaches to an existing segment: kNotFound, kLayoutMismatch, kCorrupted, kPermissionDenied,
   /// kProcessTableFull. Waits up to 2 s for a segment still being initialised.
-  static Result<std::shared_ptr<BlockManager>> open(std::string_view name);
+  [[nodiscard]] static Result<std::shared_ptr<BlockManager>> open(std::string_view name);
   /// Opens the segment if present (its config must equal `config` in every field but
   /// permissions, else kInvalidConfig naming the first difference), else creates it.
-  static Result<std::shared_ptr<BlockManager>> open_or_create(const SegmentConfig& config);
+  [[nodiscard]] static Result<std::shared_ptr<BlockManager>> open_or_create(
+      const SegmentConfig& config);
   /// Unlinks the segment and its payload object. Attached processes keep working on their
   /// mappings; new opens get kNotFound. kNotFound if absent.
-  static Result<void> destroy(std::string_view name);
+  [[nodiscard]] static Result<void> destroy(std::string_view name);
 
   ~BlockManager();
   BlockManager(const BlockManager&) = delete;
@@ -72,27 +73,27 @@ class BlockManager {
 
   /// All-or-nothing: the reset pool first (FIFO), then evictions. nullopt if not enough blocks
   /// are free or evictable even after reaping dead processes. 0 -> empty vector.
-  std::optional<std::vector<MutableBlock>> allocate_blocks(std::size_t count);
+  [[nodiscard]] std::optional<std::vector<MutableBlock>> allocate_blocks(std::size_t count);
   /// Same, plus the hashes evicted to satisfy it, in eviction order (the reset-pool blocks come
   /// first in the returned vector, then the evicted ones in the same order as the hashes).
-  std::optional<std::pair<std::vector<MutableBlock>, std::vector<SequenceHash>>>
+  [[nodiscard]] std::optional<std::pair<std::vector<MutableBlock>, std::vector<SequenceHash>>>
   allocate_blocks_with_evictions(std::size_t count);
 
   /// Staged -> Primary (hash absent), Duplicate (present, kAllow) or Reset with the existing
   /// primary returned (present, kReject). Throws std::invalid_argument for a block of another
   /// BlockManager or an empty block.
-  ImmutableBlock register_block(CompleteBlock&& block);
+  [[nodiscard]] ImmutableBlock register_block(CompleteBlock&& block);
   /// Same for a batch, under one lock; results in input order.
-  std::vector<ImmutableBlock> register_blocks(std::vector<CompleteBlock>&& blocks);
+  [[nodiscard]] std::vector<ImmutableBlock> register_blocks(std::vector<CompleteBlock>&& blocks);
 
   /// Prefix match under one lock: stops at the first hash neither active nor inactive;
   /// inactive hits are resurrected. Returns primaries.
-  std::vector<ImmutableBlock> match_blocks(std::span<const SequenceHash> hashes);
+  [[nodiscard]] std::vector<ImmutableBlock> match_blocks(std::span<const SequenceHash> hashes);
   /// One entry per input hash, no early stop.
-  std::vector<std::optional<ImmutableBlock>> match_blocks_scattered(
+  [[nodiscard]] std::vector<std::optional<ImmutableBlock>> match_blocks_scattered(
       std::span<const SequenceHash> hashes);
   /// Every found hash once. `touch` feeds the frequency sketch (MultiLRU).
-  std::unordered_map<SequenceHash, ImmutableBlock> scan_matches(
+  [[nodiscard]] std::unordered_map<SequenceHash, ImmutableBlock> scan_matches(
       std::span<const SequenceHash> hashes, bool touch);
 
   /// One entry per hash, under one lock, with no side effect at all: nothing is acquired or
@@ -104,7 +105,7 @@ class BlockManager {
   std::size_t lookup_prefix(std::span<const SequenceHash> hashes) const;
 
   /// Drains the inactive pool to Reset; then kBlocksInUse if any block is not Reset.
-  Result<void> reset_inactive_pool();
+  [[nodiscard]] Result<void> reset_inactive_pool();
   /// Releases everything held by processes that died; returns how many entries were reaped.
   std::size_t reap_dead_processes();
   /// Every broken invariant, one line each; empty when consistent. Dead-but-unreaped process
@@ -133,8 +134,8 @@ class BlockManager {
   friend struct testing::Peer;
   void check_own(const CompleteBlock& block) const;
   /// Both allocate calls; `evicted` (may be null) receives the evicted hashes.
-  std::optional<std::vector<MutableBlock>> allocate(std::size_t count,
-                                                    std::vector<SequenceHash>* evicted);
+  [[nodiscard]] std::optional<std::vector<MutableBlock>> allocate(
+      std::size_t count, std::vector<SequenceHash>* evicted);
   explicit BlockManager(std::shared_ptr<detail::Attachment> att);
   std::shared_ptr<detail::Attachment> att_;
   std::jthread reaper_;

@@ -63,7 +63,8 @@ class MutableBlock {
   /// error().expected, .actual, .block. Takes no lock (the slot is this process's own).
   /// Throws std::invalid_argument for the one reserved hash value (all 128 bits set, mode 3,
   /// which SequenceHash::make never produces).
-  Result<CompleteBlock, BlockSizeMismatch> stage(SequenceHash hash, std::uint32_t block_size) &&;
+  [[nodiscard]] Result<CompleteBlock, BlockSizeMismatch> stage(SequenceHash hash,
+                                                               std::uint32_t block_size) &&;
 
  private:
   friend struct detail::HandleAccess;
@@ -114,7 +115,7 @@ class CompleteBlock {
   /// The key recorded with set_key before staging (see MutableBlock::key).
   std::span<const std::byte> key() const;
   /// Staged -> Mutable (the reset-on-release flag goes back to the segment default).
-  MutableBlock reset() &&;
+  [[nodiscard]] MutableBlock reset() &&;
 
  private:
   friend struct detail::HandleAccess;
@@ -145,7 +146,7 @@ class ImmutableBlock {
   SequenceHash sequence_hash() const { return hash_; }
   /// Handles to this slot alive in this process (this attachment); keep-alives excluded.
   std::size_t use_count() const;
-  WeakBlock downgrade() const;
+  [[nodiscard]] WeakBlock downgrade() const;
   /// Whether the slot goes to Reset instead of Inactive when it is released (kvbm-logical:
   /// set_evict_on_reset). Shared by every holder in every process; last writer wins; survives
   /// resurrection; back to the segment default when the slot next becomes Mutable.
@@ -171,7 +172,7 @@ class WeakBlock {
   SequenceHash sequence_hash() const { return hash_; }
   /// Fast path while this process still holds the same slot generation; otherwise re-acquires
   /// the hash (active in any process, or resurrected from the inactive pool); nullopt once evicted.
-  std::optional<ImmutableBlock> upgrade() const;
+  [[nodiscard]] std::optional<ImmutableBlock> upgrade() const;
 
  private:
   friend struct detail::HandleAccess;

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "kvbm/error.hpp"
+
 namespace kvbm {
 
 enum class EvictionPolicy { kLineage, kLru, kMultiLru, kFifo };
@@ -53,5 +55,11 @@ struct SegmentConfig {
   /// Default: 0.
   std::uint64_t layout_tag = 0;
 };
+
+/// kInvalidConfig unless `name` matches [A-Za-z0-9][A-Za-z0-9._-]{0,199}.
+[[nodiscard]] Result<void> validate_segment_name(std::string_view name);
+/// kInvalidConfig naming the first field out of its range (DESIGN.md section 8); every field is
+/// checked whatever the eviction policy.
+[[nodiscard]] Result<void> validate_config(const SegmentConfig& config);
 
 }  // namespace kvbm

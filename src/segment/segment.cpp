@@ -90,10 +90,6 @@ std::uint64_t compute_fingerprint() {
 }
 #undef KVBM_FP_OFF
 
-bool is_power_of_two(std::uint64_t v) {
-  return v != 0 && (v & (v - 1)) == 0;
-}
-
 Error boost_error(const bip::interprocess_exception& e, std::string_view name, const char* what) {
   int err = e.get_native_error();
   if (err == ENOENT || e.get_error_code() == bip::not_found_error) {
@@ -182,80 +178,6 @@ Layout compute_layout(const shm::ConfigRecord& c) {
   }
   l.total_bytes = off;
   return l;
-}
-
-Result<void> validate_name(std::string_view name) {
-  auto alnum = [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-  };
-  if (name.empty()) {
-    return tl::unexpected(make_error(Errc::kInvalidConfig, "segment name is empty"));
-  }
-  if (name.size() > 200) {
-    return tl::unexpected(make_error(
-        Errc::kInvalidConfig, fmt::format("segment name is {} characters long; at most 200 are "
-                                          "allowed",
-                                          name.size())));
-  }
-  // [A-Za-z0-9][A-Za-z0-9._-]{0,199}
-  const bool valid = alnum(name.front()) && std::all_of(name.begin() + 1, name.end(), [&](char c) {
-                       return alnum(c) || c == '.' || c == '_' || c == '-';
-                     });
-  if (!valid) {
-    return tl::unexpected(make_error(
-        Errc::kInvalidConfig,
-        fmt::format("invalid segment name '{}': use letters, digits, '.', '_' and '-', starting "
-                    "with a letter or digit (no '/')",
-                    name)));
-  }
-  return {};
-}
-
-Result<void> validate_config(const SegmentConfig& c) {
-  if (auto ok = validate_name(c.name); !ok) {
-    return ok;
-  }
-  auto bad = [](std::string msg) { return tl::unexpected(make_error(Errc::kInvalidConfig, msg)); };
-  if (c.block_count == 0) {
-    return bad("block_count must be greater than 0");
-  }
-  if (c.block_count >= shm::kNil / 2) {
-    return bad(
-        fmt::format("block_count {} is too large (at most {})", c.block_count, shm::kNil / 2 - 1));
-  }
-  if (!is_power_of_two(c.block_size) || c.block_size > 1024) {
-    return bad(
-        fmt::format("block_size {} must be a power of two between 1 and 1024", c.block_size));
-  }
-  if (c.max_processes < 1 || c.max_processes > shm::kMaxProcesses) {
-    return bad(fmt::format("max_processes {} must be between 1 and {}", c.max_processes,
-                           shm::kMaxProcesses));
-  }
-  auto [a, b, t3] = c.multi_lru_thresholds;
-  if (!(a >= 1 && a < b && b < t3 && t3 <= 15)) {
-    return bad(fmt::format("multi_lru_thresholds {{{}, {}, {}}} must satisfy 1 <= a < b < c <= 15",
-                           a, b, t3));
-  }
-  if (!is_power_of_two(c.frequency_capacity) || c.frequency_capacity < (1u << 10) ||
-      c.frequency_capacity > (1u << 26)) {
-    return bad(fmt::format("frequency_capacity {} must be a power of two in [2^10, 2^26]",
-                           c.frequency_capacity));
-  }
-  if (static_cast<unsigned>(c.eviction) > 3 || static_cast<unsigned>(c.duplication) > 1 ||
-      static_cast<unsigned>(c.lineage_order) > 1) {
-    return bad("unknown eviction, duplication or lineage order value");
-  }
-  if ((c.permissions & ~0777u) != 0) {
-    return bad(fmt::format("permissions {:o} must be a file mode within 0777", c.permissions));
-  }
-  if (c.bytes_per_block > 0 &&
-      c.bytes_per_block > (std::uint64_t{1} << 40) / std::max<std::uint64_t>(1, c.block_count)) {
-    return bad("payload region would exceed 1 TiB (bytes_per_block x block_count)");
-  }
-  if (c.key_bytes > shm::kMaxKeyBytes) {
-    return bad(fmt::format("key_bytes {} must be at most {}", c.key_bytes, shm::kMaxKeyBytes));
-  }
-  return {};
 }
 
 shm::ConfigRecord to_record(const SegmentConfig& c) {
@@ -427,7 +349,7 @@ std::optional<shm::ConfigRecord> peek_config(std::string_view name) {
 
 Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
                                                  const RegionInit& init_regions) {
-  if (auto ok = validate_config(config); !ok) {
+  if (auto ok = kvbm::validate_config(config); !ok) {
     return tl::unexpected(ok.error());
   }
   const shm::ConfigRecord record = to_record(config);
@@ -537,7 +459,7 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
 }
 
 Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access access) {
-  if (auto ok = validate_name(name); !ok) {
+  if (auto ok = kvbm::validate_segment_name(name); !ok) {
     return tl::unexpected(ok.error());
   }
   const std::string sname(name);
@@ -637,7 +559,7 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
         fmt::format("header says {} bytes but the object has {}", h->segment_bytes, size));
   }
   SegmentConfig config = from_record(name, h->config);
-  if (auto ok = validate_config(config); !ok) {
+  if (auto ok = kvbm::validate_config(config); !ok) {
     return corrupted(fmt::format("invalid config in header: {}", ok.error().message));
   }
   const Layout expect = compute_layout(h->config);

@@ -41,8 +41,6 @@ Layout compute_layout(const shm::ConfigRecord& config);
 /// The lineage region's capacities and placement for `block_count` blocks.
 shm::LineageGeometry lineage_geometry(std::uint32_t block_count);
 std::uint64_t abi_fingerprint();
-Result<void> validate_name(std::string_view name);
-Result<void> validate_config(const SegmentConfig& config);
 shm::ConfigRecord to_record(const SegmentConfig& config);
 SegmentConfig from_record(std::string_view name, const shm::ConfigRecord& record);
 /// Name of the first field in which a and b differ (permissions ignored), or empty if equal.
@@ -62,10 +60,10 @@ class Segment {
   using RegionInit = std::function<void(Segment&)>;
 
   /// Creates, initialises (calling `init_regions` last) and publishes a segment.
-  static Result<std::unique_ptr<Segment>> create(const SegmentConfig& config,
-                                                 const RegionInit& init_regions);
-  static Result<std::unique_ptr<Segment>> open(std::string_view name,
-                                               Access access = Access::kReadWrite);
+  [[nodiscard]] static Result<std::unique_ptr<Segment>> create(const SegmentConfig& config,
+                                                               const RegionInit& init_regions);
+  [[nodiscard]] static Result<std::unique_ptr<Segment>> open(std::string_view name,
+                                                             Access access = Access::kReadWrite);
   ~Segment();
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;

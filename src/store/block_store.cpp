@@ -74,8 +74,10 @@ void BlockStore::check_in_txn() const noexcept {
 }
 
 void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
+#ifdef KVBM_STORE_CHECKS
   check_locked();
   in_txn_ = true;
+#endif
 #ifdef KVBM_BENCH_NO_INTENT
   return;  // benchmark-only build measuring the intent record's cost
 #endif
@@ -92,7 +94,9 @@ void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
 }
 
 void BlockStore::commit() {
+#ifdef KVBM_STORE_CHECKS
   in_txn_ = false;
+#endif
 #ifdef KVBM_BENCH_NO_INTENT
   return;
 #endif

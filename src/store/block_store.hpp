@@ -70,7 +70,7 @@ class BlockStore {
    public:
     /// Takes over `lock`; released after the commit.
     Txn(BlockStore& store, StoreLock&& lock, shm::IntentOp op, std::uint32_t actor) noexcept
-        : owned_(std::move(lock)), store_(store) {
+        : store_(store), owned_(lock.release()) {
       store_.begin(op, actor);
     }
     /// Under `held`, which the caller keeps after this transaction (several in a row).
@@ -82,13 +82,18 @@ class BlockStore {
         : store_(store) {
       store_.begin(op, actor);
     }
-    ~Txn() { store_.commit(); }
+    ~Txn() {
+      store_.commit();
+      if (owned_ != nullptr) {
+        owned_->unlock();
+      }
+    }
     Txn(const Txn&) = delete;
     Txn& operator=(const Txn&) = delete;
 
    private:
-    std::optional<StoreLock> owned_;  // destroyed after the destructor's commit
     BlockStore& store_;
+    shm::RobustMutex* owned_ = nullptr;  // the mutex this transaction unlocks after committing
   };
 
   // --- operations: each runs inside a Txn and does its own counting ---------------------
@@ -100,24 +105,26 @@ class BlockStore {
   /// All-or-nothing: `n` blocks for `actor`, the reset pool first, then evictions (their hashes
   /// appended to `evicted` if given). False, changing nothing, if the reset and inactive pools
   /// together hold fewer than `n`. Counts allocations, allocations from reset, evictions.
-  bool allocate(Txn& txn,
-                std::size_t n,
-                std::uint32_t actor,
-                std::vector<Grant>& out,
-                std::vector<SequenceHash>* evicted) noexcept;
+  [[nodiscard]] bool allocate(Txn& txn,
+                              std::size_t n,
+                              std::uint32_t actor,
+                              std::vector<Grant>& out,
+                              std::vector<SequenceHash>* evicted) noexcept;
   enum class StageResult { kDone, kNeedLock, kNotOwned };
   /// Mutable -> Staged WITHOUT the store mutex, by the slot's owner. kNeedLock: the hash field
   /// was not the empty marker (a stray write of a fenced process, or `hash` is the marker
   /// itself); call stage() under the mutex. kNotOwned: not this actor's Mutable slot of that
   /// generation (any more).
-  StageResult stage_lock_free(Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
+  [[nodiscard]] StageResult stage_lock_free(Grant g,
+                                            std::uint32_t actor,
+                                            SequenceHash hash) noexcept;
   /// Mutable -> Staged under the mutex. False if the slot is not this actor's Mutable slot of
   /// that generation.
-  bool stage(Txn& txn, Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
+  [[nodiscard]] bool stage(Txn& txn, Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
   /// Staged -> Mutable (reset-on-release back to the default).
-  bool unstage(Txn& txn, Grant g, std::uint32_t actor) noexcept;
+  [[nodiscard]] bool unstage(Txn& txn, Grant g, std::uint32_t actor) noexcept;
   /// Mutable or Staged (this actor's, this generation) -> Reset.
-  bool release_exclusive(Txn& txn, Grant g, std::uint32_t actor) noexcept;
+  [[nodiscard]] bool release_exclusive(Txn& txn, Grant g, std::uint32_t actor) noexcept;
   /// True if the slot is this actor's Staged slot of that generation.
   bool is_staged_by(Grant g, std::uint32_t actor) const noexcept;
   /// A staged block of a register batch: its grant on the way in, the grant the caller then
@@ -130,13 +137,15 @@ class BlockStore {
   /// Reset + the existing primary), replacing each grant by the one now held. If any block is
   /// not actor's Staged slot of that generation any more, changes nothing and returns its
   /// index. Counts registrations, duplicates and dedups.
-  std::optional<std::size_t> register_staged(Txn& txn,
-                                             std::span<Staged> batch,
-                                             std::uint32_t actor,
-                                             DuplicationPolicy policy) noexcept;
+  [[nodiscard]] std::optional<std::size_t> register_staged(Txn& txn,
+                                                           std::span<Staged> batch,
+                                                           std::uint32_t actor,
+                                                           DuplicationPolicy policy) noexcept;
   /// The Primary of `hash` (resurrected if Inactive) with actor's holder bit set (a weak
   /// block's upgrade; counts nothing).
-  std::optional<Grant> acquire(Txn& txn, SequenceHash hash, std::uint32_t actor) noexcept;
+  [[nodiscard]] std::optional<Grant> acquire(Txn& txn,
+                                             SequenceHash hash,
+                                             std::uint32_t actor) noexcept;
   /// match_blocks: acquires `hashes` in order up to the first miss, appending the grants to
   /// `out`. Counts kvbm_match_*; each hit is a TinyLFU frequency event.
   void acquire_prefix(Txn& txn,
@@ -255,7 +264,9 @@ class BlockStore {
   std::uint8_t default_ror_;
   HashIndex index_;
   std::unique_ptr<InactiveBackend> backend_;
-  bool in_txn_ = false;  // a Txn is open (its begin() ran, its commit() has not)
+  // A Txn is open (its begin() ran, its commit() has not). Kept only by the checking builds;
+  // always a member, so that the layout never depends on NDEBUG.
+  bool in_txn_ = false;
 };
 
 }  // namespace kvbm::detail

@@ -28,8 +28,12 @@ class StoreLock {
       mu_ = nullptr;
     }
   }
-  /// Keeps the mutex locked after this object is gone (tests that die holding it).
-  void leak() noexcept { mu_ = nullptr; }
+  /// Hands the held mutex over (to a Txn that unlocks it); this object is empty afterwards.
+  shm::RobustMutex* release() noexcept {
+    shm::RobustMutex* mu = mu_;
+    mu_ = nullptr;
+    return mu;
+  }
 
  private:
   shm::RobustMutex* mu_;

@@ -3,6 +3,7 @@
 // corrupt). Liveness of process entries is checked by the caller, which can probe OFD locks.
 #include <fmt/format.h>
 
+#include "segment/slot_state_names.hpp"
 #include "store/block_store.hpp"
 
 namespace kvbm::detail {
@@ -14,10 +15,8 @@ namespace {
 constexpr std::uint8_t st(SlotState s) {
   return static_cast<std::uint8_t>(s);
 }
-const char* state_name(std::uint8_t s) {
-  static const char* const kNames[] = {"Reset",   "Mutable",   "Staged",
-                                       "Primary", "Duplicate", "Inactive"};
-  return s < shm::kSlotStateCount ? kNames[s] : "invalid";
+std::string_view state_name(std::uint8_t s) {
+  return slot_state_title(s);
 }
 }  // namespace
 

@@ -23,14 +23,15 @@ namespace kvbm::detail {
 
 class ToolSession {
  public:
-  static Result<std::unique_ptr<ToolSession>> open(std::string_view name, Access access);
+  [[nodiscard]] static Result<std::unique_ptr<ToolSession>> open(std::string_view name,
+                                                                 Access access);
   Segment& segment() { return *seg_; }
   BlockStore& store() { return *store_; }
 
   /// Takes the store mutex waiting at most `wait`. On EOWNERDEAD runs recovery and appends what
   /// it did to `notes`. Errors: kSystem on timeout ("held by a live process"), kCorrupted if
   /// poisoned or recovery failed.
-  Result<void> lock(std::chrono::milliseconds wait, std::vector<std::string>& notes);
+  [[nodiscard]] Result<void> lock(std::chrono::milliseconds wait, std::vector<std::string>& notes);
   void unlock();
   /// The store mutex while lock() holds it, else nullptr.
   const StoreLock* held() const { return lock_ ? &*lock_ : nullptr; }
@@ -55,6 +56,6 @@ struct RepairReport {
 /// (never promoting Mutable/Staged to cached states), rebuilds derived structures, re-verifies.
 /// A poisoned segment (unrecoverable mutex) is repaired only when no live process is attached
 /// or `force` is set.
-Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force);
+[[nodiscard]] Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force);
 
 }  // namespace kvbm::detail

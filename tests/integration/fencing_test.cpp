@@ -59,8 +59,8 @@ TEST_CASE("A process whose entry was reclaimed is fenced and harmless", "[fencin
   REQUIRE(taken.first.size() == 16);
 
   // Every later call of the fenced process fails clearly...
-  CHECK(fenced_code([&] { victim->allocate_blocks(1); }) == kvbm::Errc::kFenced);
-  CHECK(fenced_code([&] { victim->match_blocks(std::vector<SequenceHash>{H(1)}); }) ==
+  CHECK(fenced_code([&] { (void)victim->allocate_blocks(1); }) == kvbm::Errc::kFenced);
+  CHECK(fenced_code([&] { (void)victim->match_blocks(std::vector<SequenceHash>{H(1)}); }) ==
         kvbm::Errc::kFenced);
   CHECK(fenced_code([&] { victim->counts(); }) == kvbm::Errc::kFenced);
   CHECK(fenced_code([&] { imm.set_reset_on_release(true); }) == kvbm::Errc::kFenced);

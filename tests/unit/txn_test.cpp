@@ -40,7 +40,7 @@ TEST_CASE("txn: the intent is armed inside a transaction and committed when it c
     CHECK(intent_armed(att));
     std::vector<Grant> out;
     out.reserve(2);
-    store.allocate(txn, 2, att.me(), out, nullptr);
+    CHECK(store.allocate(txn, 2, att.me(), out, nullptr));
     CHECK(out.size() == 2);
     return true;
   });
@@ -58,7 +58,7 @@ TEST_CASE("txn: an exception between store calls commits what was done and unloc
                           [&](BlockStore& store, BlockStore::Txn& txn) -> bool {
                             std::vector<Grant> out;
                             out.reserve(3);
-                            store.allocate(txn, 3, att.me(), out, nullptr);
+                            CHECK(store.allocate(txn, 3, att.me(), out, nullptr));
                             throw std::runtime_error("between two store calls");
                           }),
                   std::runtime_error);
@@ -85,7 +85,9 @@ TEST_CASE("txn: a transaction without the store mutex held aborts in the checkin
         BlockStore::Txn txn(att.store(), StoreLock(mu), shm::IntentOp::kAllocate, att.me());
         std::vector<Grant> out;
         out.reserve(1);
-        att.store().allocate(txn, 1, att.me(), out, nullptr);
+        if (!att.store().allocate(txn, 1, att.me(), out, nullptr)) {
+          return 1;
+        }
       }
       return 0;
     });

@@ -32,7 +32,7 @@ int run_create(CreateOptions& o) {
     fmt::print(stderr, "kvbm-ctl: --mode '{}' is not an octal file mode\n", o.mode);
     return kUsage;
   }
-  if (auto ok = d::validate_config(config); !ok) {
+  if (auto ok = validate_config(config); !ok) {
     return fail(ok.error());
   }
   // Creating does not attach.

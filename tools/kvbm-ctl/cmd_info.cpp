@@ -4,6 +4,7 @@
 
 #include "common.hpp"
 #include "metrics_reader.hpp"
+#include "segment/slot_state_names.hpp"
 
 namespace kvbm::ctl {
 namespace {
@@ -62,7 +63,8 @@ int run_info(const std::string& name, bool as_json) {
   fmt::print("\nepoch        {}\n", s.header()->epoch.load());
   const auto counts = counts_json(s);
   fmt::print("blocks by state\n");
-  for (const char* k : {"reset", "mutable", "staged", "primary", "duplicate", "inactive"}) {
+  for (const auto& state : d::kSlotStateNames) {
+    const std::string k(state.lower);
     fmt::print("  {:<10} {:>10}\n", k, counts[k].get<std::uint64_t>());
   }
   fmt::print("processes ({} of {} entries in use)\n", procs.size(), c.max_processes);

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "metrics_reader.hpp"
+#include "segment/slot_state_names.hpp"
 
 namespace kvbm::ctl {
 
@@ -29,10 +30,8 @@ Result<std::unique_ptr<d::Segment>> open_ro(const std::string& name) {
   return d::Segment::open(name, d::Access::kReadOnly);
 }
 
-const char* state_name(std::uint8_t s) {
-  static const char* const kNames[] = {"reset",   "mutable",   "staged",
-                                       "primary", "duplicate", "inactive"};
-  return s < shm::kSlotStateCount ? kNames[s] : "invalid";
+std::string_view state_name(std::uint8_t s) {
+  return d::slot_state_name(s);
 }
 
 bool has_hash(const shm::SlotMeta& m) {
@@ -46,8 +45,14 @@ std::string hash_text(const shm::SlotMeta& m) {
 
 json counts_json(const d::Segment& seg) {
   const PoolCounts c = d::read_counts(seg);
-  return json{{"reset", c.reset},     {"mutable", c.mutable_},    {"staged", c.staged},
-              {"primary", c.primary}, {"duplicate", c.duplicate}, {"inactive", c.inactive}};
+  // In shm::SlotState order, named from the one table.
+  const std::size_t by_state[] = {c.reset,   c.mutable_,  c.staged,
+                                  c.primary, c.duplicate, c.inactive};
+  json j = json::object();
+  for (std::size_t s = 0; s < d::kSlotStateNames.size(); ++s) {
+    j[std::string(d::kSlotStateNames[s].lower)] = by_state[s];
+  }
+  return j;
 }
 
 json process_json(const d::ProcessView& p) {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -43,7 +44,7 @@ int fail(const Error& e);
 Result<std::unique_ptr<d::Segment>> open_ro(const std::string& name);
 
 /// Lower-case slot-state name ("reset", ..., "inactive"), "invalid" for a damaged value.
-const char* state_name(std::uint8_t s);
+std::string_view state_name(std::uint8_t s);
 /// A Mutable slot has no hash yet (its field holds the empty marker, or is being staged).
 bool has_hash(const shm::SlotMeta& m);
 std::string hash_text(const shm::SlotMeta& m);
