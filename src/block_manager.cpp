@@ -416,6 +416,25 @@ std::uint32_t BlockManager::process_index() const {
   return att_->me();
 }
 
+std::span<std::byte> BlockManager::payload() {
+  att_->check_fork();
+  std::byte* base = att_->segment().payload();
+  const auto& c = att_->config();
+  if (base == nullptr || c.bytes_per_block == 0) {
+    return {};
+  }
+  return {base, static_cast<std::size_t>(std::uint64_t{c.block_count} * c.bytes_per_block)};
+}
+
+std::uint64_t BlockManager::block_offset(BlockId id) const {
+  if (id >= total_blocks()) {
+    throw std::invalid_argument(
+        fmt::format("kvbm: block_offset({}): block id out of range (segment '{}' has {} blocks)",
+                    id, config().name, total_blocks()));
+  }
+  return std::uint64_t{id} * att_->config().bytes_per_block;
+}
+
 PoolCounts BlockManager::counts() const {
   auto lock = att_->lock();
   return detail::read_counts(att_->segment());

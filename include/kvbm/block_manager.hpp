@@ -123,6 +123,12 @@ class BlockManager {
   MetricsSnapshot metrics() const;
   /// This attachment's process-table index.
   std::uint32_t process_index() const;
+  /// The whole payload region (block_count * bytes_per_block bytes; empty when the segment has
+  /// none), for bulk copies: block `id`'s bytes start at block_offset(id). Valid while this
+  /// manager or any block handle of it is alive.
+  std::span<std::byte> payload();
+  /// Byte offset of block `id` in payload(). Throws std::invalid_argument if id >= total_blocks().
+  std::uint64_t block_offset(BlockId id) const;
 
   /// Reaps dead processes every `interval` from a background thread of this process, so a dead
   /// worker's blocks are freed even when no allocation comes up short. Off by default; calling
