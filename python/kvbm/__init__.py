@@ -80,8 +80,7 @@ __all__ = [
 ]
 
 # Classes defined in the compiled module report this package as their home (help(), repr).
-for _name in ("BlockInfo", "BlockManager", "CompleteBlock", "ImmutableBlock", "MutableBlock",
-              "SegmentConfig", "SequenceHash", "WeakBlock", "destroy", "hash_token_blocks"):
+for _name in __all__:
     try:
         globals()[_name].__module__ = __name__
     except (AttributeError, TypeError):

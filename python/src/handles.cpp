@@ -152,8 +152,11 @@ struct PayloadExport {
   }
   ~PayloadExport() {
     --mgr->exports;
-    if (cell) {
-      --cell->exports;
+    // The handle was released while this view was alive: the block goes with the last view.
+    if (cell && --cell->exports == 0 && cell->state != CellState::kLive) {
+      GuardBin bin;
+      cell->take_guard(bin);
+      without_gil([&] { bin = GuardBin(); });
     }
   }
   PayloadExport(const PayloadExport&) = delete;

@@ -4,6 +4,8 @@
 #include <optional>
 #include <vector>
 
+#include <pybind11/stl.h>
+
 #include "kvbm/sequence_hash.hpp"
 
 #include "binding.hpp"
