@@ -85,6 +85,7 @@ struct CellBase {
   std::shared_ptr<ManagerState> mgr;
   CellBase* prev = nullptr;
   CellBase* next = nullptr;
+  bool linked = true;
   std::size_t exports = 0;  // live payload views of this handle (GIL)
   CellState state = CellState::kLive;
   bool pending = false;  // marked while a batch call checks its arguments
@@ -95,6 +96,8 @@ struct CellBase {
   CellBase(const CellBase&) = delete;
   CellBase& operator=(const CellBase&) = delete;
 
+  /// Leaves the manager's list (idempotent).
+  void unlink();
   virtual const char* kind() const = 0;
   /// Moves the guard (if any) into `bin`; the cell no longer holds the block.
   virtual void take_guard(GuardBin& bin) = 0;
@@ -113,6 +116,7 @@ struct Cell final : CellBase {
   Cell(std::shared_ptr<ManagerState> m, Guard&& g, const char* n)
       : CellBase(std::move(m)), guard(std::move(g)), name(n) {}
   ~Cell() override {
+    unlink();  // before the GIL is released below: the list is only touched under the GIL
     GuardBin bin;
     take_guard(bin);
     if (!bin.mutables.empty() || !bin.completes.empty() || !bin.immutables.empty() ||

@@ -20,14 +20,23 @@ CellBase::CellBase(std::shared_ptr<ManagerState> m) : mgr(std::move(m)) {
 }
 
 CellBase::~CellBase() {
+  unlink();
+}
+
+void CellBase::unlink() {
+  if (!linked) {
+    return;
+  }
+  linked = false;
   if (prev != nullptr) {
     prev->next = next;
-  } else if (mgr->cells == this) {
+  } else {
     mgr->cells = next;
   }
   if (next != nullptr) {
     next->prev = prev;
   }
+  prev = next = nullptr;
 }
 
 std::string CellBase::state_name() const {

@@ -257,6 +257,27 @@ TEST_CASE("destroy also removes the payload object", "[segment][unit]") {
   CHECK_FALSE(shm_exists(seg.name() + ".payload"));
 }
 
+TEST_CASE("payload() is the whole region and block_offset(id) a block's place in it",
+          "[segment][unit]") {
+  TempSegment seg("region");
+  SegmentConfig c = seg.config(4);
+  c.bytes_per_block = 64;
+  auto m = seg.create(c);
+  auto region = m->payload();
+  REQUIRE(region.size() == 4 * 64);
+  auto blocks = m->allocate_blocks(3);
+  REQUIRE(blocks);
+  auto& b = (*blocks)[2];
+  CHECK(m->block_offset(b.block_id()) == std::uint64_t{b.block_id()} * 64);
+  b.data()[5] = std::byte{0x5a};
+  CHECK(region[m->block_offset(b.block_id()) + 5] == std::byte{0x5a});
+  CHECK_THROWS_AS(m->block_offset(4), std::invalid_argument);
+  TempSegment bare_seg("bare");
+  auto bare = bare_seg.create(4);
+  CHECK(bare->payload().empty());
+  CHECK(bare->block_offset(3) == 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. config validation
 // ---------------------------------------------------------------------------------------------
