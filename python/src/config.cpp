@@ -7,7 +7,6 @@
 
 #include "binding.hpp"
 #include "errors.hpp"
-#include "segment/segment.hpp"
 
 namespace kvbm_python {
 
@@ -197,7 +196,7 @@ PyConfig make_config(py::handle name,
       static_cast<std::uint32_t>(field_uint(event_capacity, 0xFFFFFFFFu, "event_capacity"));
   p.store_token_ids = field_bool(store_token_ids, "store_token_ids");
   events_to_cpp(p, c);
-  if (auto ok = kvbm::detail::validate_config(c); !ok) {
+  if (auto ok = kvbm::validate_config(c); !ok) {
     raise_error(ok.error());
   }
   return p;
