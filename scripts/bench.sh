@@ -29,6 +29,14 @@ if ! cmake --build "$build" -j"$(nproc)" --target kvbm-bench kvbm-bench-nointent
   exit 1
 fi
 
+# The Python binding's comparison (tools/kvbm-bench/python_bench.py) needs the package and the
+# same workloads built from C++; without pybind11 it is left out.
+have_python=1
+if ! cmake --build "$build" -j"$(nproc)" --target kvbm_python kvbm-bench-pycompare >>"$log" 2>&1; then
+  echo "Python package not built: Python binding costs not measured (see $log)" >&2
+  have_python=0
+fi
+
 quick=0
 only=""
 prev=""
@@ -39,7 +47,7 @@ for a in "$@"; do
 done
 
 fragment="$(mktemp)"
-trap 'rm -f "$fragment" "$fragment".{a,b,cg,out,err}' EXIT
+trap 'rm -f "$fragment" "$fragment".{a,b,cg,out,err,py}' EXIT
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 start="$(date -u '+%Y-%m-%d %H:%M UTC')"
 "$build/tools/kvbm-bench" --markdown "$fragment" "$@"
@@ -91,6 +99,18 @@ else
   echo "instructions per evicted block (allocate_blocks(32) + drop, callgrind):"
   echo "$instr_table"
   echo
+fi
+
+# Python binding: ns per block of the batch calls from Python next to the same workloads from C++.
+py_table=""
+if [ "$have_python" = 1 ] && [ -z "$only" ]; then
+  echo "measuring the Python binding against the same workloads from C++ ..."
+  py_rounds=5
+  [ "$quick" = 1 ] && py_rounds=1
+  PYTHONPATH="$build/python" /usr/bin/python3 "$root/tools/kvbm-bench/python_bench.py" \
+    --cpp "$build/tools/kvbm-bench-pycompare" --rounds "$py_rounds" --reps 5 \
+    --markdown "$fragment.py"
+  py_table="$(cat "$fragment.py")"
 fi
 
 if [ "$quick" = 1 ] || [ -n "$only" ]; then
@@ -173,6 +193,21 @@ total divided by the 2048 evicted blocks. O(1) shows as 1.00x, O(log n) as a gro
 log(n) (the lineage leaf heap holds about N / 32 leaves: log2 is 8.3 at 10k, 14.9 at 1M).
 
 ${instr_table}
+EOF
+  fi
+  if [ -n "$py_table" ]; then
+    cat <<EOF
+
+### Python binding (\`kvbm\` package) next to the same calls from C++
+
+\`tools/kvbm-bench/python_bench.py\` runs these workloads from Python and
+\`kvbm-bench-pycompare\` (tools/kvbm-bench/python_compare.cpp) runs them from C++, in
+alternating rounds (5 rounds of 5 repetitions each; median, p10-p90 in parentheses), both with one
+idle extra thread. Hashes are made before the timed part in both languages. Python counts
+everything a user pays: the call, argument conversion, one handle object per block, and
+dropping the handles. Goal: Python batch calls within 3x the C++ cost per block.
+
+${py_table}
 EOF
   fi
   if [ -f "$root/tools/kvbm-bench/profile-notes.md" ]; then

@@ -27,6 +27,7 @@
 #include "kvbm/config.hpp"
 
 #include "errors.hpp"
+#include "hash_object.hpp"
 
 namespace kvbm_python {
 
@@ -60,6 +61,27 @@ struct GuardBin {
   std::vector<kvbm::ImmutableBlock> immutables;
   std::vector<kvbm::WeakBlock> weaks;
 };
+
+/// Whether destroying `bin` may take the store mutex (then the GIL is released first). Dropping
+/// an ImmutableBlock whose slot this process still holds through another handle only decrements
+/// a local count. (Another thread dropping that other handle at the same moment can make this
+/// drop the last one: it then takes the mutex with the GIL held, which only delays other Python
+/// threads: the mutex's holders never wait for the GIL.)
+inline bool may_lock(const GuardBin& bin) noexcept {
+  if (!bin.mutables.empty() || !bin.completes.empty() || !bin.weaks.empty()) {
+    return true;
+  }
+  try {
+    for (const auto& b : bin.immutables) {
+      if (b.use_count() <= 1) {
+        return true;
+      }
+    }
+  } catch (...) {
+    return true;  // use_count() refuses in a fork child, where the drop does nothing anyway
+  }
+  return false;
+}
 
 /// The state behind one Python kvbm.BlockManager (one process-table entry).
 struct ManagerState {
@@ -119,8 +141,7 @@ struct Cell final : CellBase {
     unlink();  // before the GIL is released below: the list is only touched under the GIL
     GuardBin bin;
     take_guard(bin);
-    if (!bin.mutables.empty() || !bin.completes.empty() || !bin.immutables.empty() ||
-        !bin.weaks.empty()) {
+    if (may_lock(bin)) {
       without_gil([&] { bin = GuardBin(); });
     }
   }
@@ -176,6 +197,10 @@ py::object config_from_cpp(const kvbm::SegmentConfig& c);
 void bind_hashes(py::module_& m);
 void bind_config(py::module_& m);
 void bind_handles(py::module_& m);
+void bind_immutable(py::module_& m);  // called by bind_handles
+void bind_mutable(py::module_& m);    // called by bind_handles
+/// The cell of a kvbm.CompleteBlock object, or nullptr if `o` is something else.
+CompleteCell* as_complete(PyObject* o);
 void bind_manager(py::module_& m);
 
 }  // namespace kvbm_python

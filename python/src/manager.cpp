@@ -103,7 +103,6 @@ std::vector<kvbm::CompleteBlock> take_completes(const State& s, py::handle block
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
   PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
   std::vector<CompleteCell*> cells(static_cast<std::size_t>(n));
-  py::detail::make_caster<CompleteCell> caster;
   struct Unmark {
     std::vector<CompleteCell*>& cells;
     ~Unmark() {
@@ -115,12 +114,12 @@ std::vector<kvbm::CompleteBlock> take_completes(const State& s, py::handle block
     }
   } unmark{cells};
   for (Py_ssize_t i = 0; i < n; ++i) {
-    if (!caster.load(items[i], false)) {
+    CompleteCell* c = as_complete(items[i]);
+    if (c == nullptr) {
       raise_py(PyExc_TypeError, "kvbm: item " + std::to_string(i) + " is a " +
                                     std::string(Py_TYPE(items[i])->tp_name) +
                                     ", not a kvbm.CompleteBlock");
     }
-    CompleteCell* c = &py::detail::cast_op<CompleteCell&>(caster);
     c->check(true);
     if (c->mgr != s) {
       raise_py(PyExc_ValueError,
