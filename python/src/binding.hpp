@@ -83,6 +83,29 @@ inline bool may_lock(const GuardBin& bin) noexcept {
   return false;
 }
 
+inline bool holds(const kvbm::MutableBlock& g) {
+  return static_cast<bool>(g);
+}
+inline bool holds(const kvbm::CompleteBlock& g) {
+  return static_cast<bool>(g);
+}
+inline bool holds(const kvbm::ImmutableBlock& g) {
+  return static_cast<bool>(g);
+}
+template <class Guard>
+bool may_lock(const Guard&) noexcept {
+  return true;
+}
+/// Dropping an ImmutableBlock whose slot this process holds through another handle only
+/// decrements a local count (see may_lock(GuardBin) for the race).
+inline bool may_lock(const kvbm::ImmutableBlock& g) noexcept {
+  try {
+    return g.use_count() <= 1;
+  } catch (...) {
+    return true;  // refused in a fork child, where the drop does nothing anyway
+  }
+}
+
 /// The state behind one Python kvbm.BlockManager (one process-table entry).
 struct ManagerState {
   std::shared_ptr<kvbm::BlockManager> mgr;  // null once closed
@@ -139,10 +162,13 @@ struct Cell final : CellBase {
       : CellBase(std::move(m)), guard(std::move(g)), name(n) {}
   ~Cell() override {
     unlink();  // before the GIL is released below: the list is only touched under the GIL
-    GuardBin bin;
-    take_guard(bin);
-    if (may_lock(bin)) {
-      without_gil([&] { bin = GuardBin(); });
+    if (!holds(guard)) {
+      return;
+    }
+    if (may_lock(guard)) {
+      without_gil([&] { Guard dropped = std::move(guard); });
+    } else {
+      Guard dropped = std::move(guard);
     }
   }
   const char* kind() const override { return name; }
@@ -166,6 +192,9 @@ struct WeakState {
   kvbm::BlockId id = 0;
   bool empty = false;
 };
+inline bool holds(const WeakState& w) {
+  return !w.empty;
+}
 template <>
 void Cell<WeakState>::take_guard(GuardBin& bin);
 using WeakCell = Cell<WeakState>;
