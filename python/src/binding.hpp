@@ -117,8 +117,9 @@ struct ManagerState {
   explicit ManagerState(std::shared_ptr<kvbm::BlockManager> m);
   ~ManagerState();
   bool forked() const { return fork_gen != fork_generation(); }
-  /// The manager; ValueError once closed, RuntimeError in a fork child.
-  kvbm::BlockManager& get();
+  /// The manager; ValueError once closed, RuntimeError in a fork child. Callers keep the
+  /// returned reference for the length of their call (another thread may close() meanwhile).
+  std::shared_ptr<kvbm::BlockManager> get();
   /// Empties every handle and detaches; BufferError while payload views are alive.
   void close();
 };

@@ -21,7 +21,7 @@ ManagerState::~ManagerState() {
   }
 }
 
-kvbm::BlockManager& ManagerState::get() {
+std::shared_ptr<kvbm::BlockManager> ManagerState::get() {
   if (!mgr) {
     raise_py(PyExc_ValueError, "kvbm: the BlockManager of segment '" + config.name + "' is closed");
   }
@@ -29,7 +29,7 @@ kvbm::BlockManager& ManagerState::get() {
     raise_py(PyExc_RuntimeError,
              "kvbm: attachment belongs to the parent process; open the segment again");
   }
-  return *mgr;
+  return mgr;
 }
 
 void ManagerState::close() {
@@ -233,7 +233,7 @@ call does nothing; any other call on a closed manager raises ValueError.)doc")
           "closed", [](const ManagerState& s) { return !s.mgr; }, "Whether close() was called.")
       .def("__enter__",
            [](py::object self) {
-             self.cast<ManagerState&>().get();
+             (void)self.cast<ManagerState&>().get();
              return self;
            })
       .def("__exit__", [](ManagerState& s, py::args) { s.close(); })
@@ -248,7 +248,8 @@ call does nothing; any other call on a closed manager raises ValueError.)doc")
           "allocate_blocks",
           [](const State& s, py::handle count) -> py::object {
             const std::size_t n = count_arg(count);
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto r = without_gil([&] { return mgr.allocate_blocks(n); });
             if (!r) {
               return py::none();
@@ -262,7 +263,8 @@ call does nothing; any other call on a closed manager raises ValueError.)doc")
           "allocate_blocks_with_evictions",
           [](const State& s, py::handle count) -> py::object {
             const std::size_t n = count_arg(count);
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto r = without_gil([&] { return mgr.allocate_blocks_with_evictions(n); });
             if (!r) {
               return py::none();
@@ -275,7 +277,8 @@ satisfy it, in eviction order (the reset-pool blocks come first in `blocks`).)do
       .def(
           "register_block",
           [](const State& s, py::handle block) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto v = take_completes(s, py::make_tuple(block));
             auto r = without_gil([&] { return mgr.register_block(std::move(v[0])); });
             return make_immutable(s, std::move(r));
@@ -287,7 +290,8 @@ itself (new hash), a duplicate (hash present, duplication 'allow') or the existi
       .def(
           "register_blocks",
           [](const State& s, py::handle blocks) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto v = take_completes(s, blocks);
             auto r = without_gil([&] { return mgr.register_blocks(std::move(v)); });
             return immutable_list(s, std::move(r));
@@ -297,7 +301,8 @@ itself (new hash), a duplicate (hash present, duplication 'allow') or the existi
       .def(
           "match_blocks",
           [](const State& s, py::handle hashes) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto hs = hashes_from(hashes);
             auto r = without_gil([&] { return mgr.match_blocks(hs); });
             return immutable_list(s, std::move(r));
@@ -308,7 +313,8 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
       .def(
           "match_blocks_scattered",
           [](const State& s, py::handle hashes) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto hs = hashes_from(hashes);
             auto r = without_gil([&] { return mgr.match_blocks_scattered(hs); });
             py::list out(r.size());
@@ -323,7 +329,8 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
       .def(
           "scan_matches",
           [](const State& s, py::handle hashes, bool touch) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto hs = hashes_from(hashes);
             auto r = without_gil([&] { return mgr.scan_matches(hs, touch); });
             py::dict out;
@@ -338,52 +345,57 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
       .def(
           "reset_inactive_pool",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             unwrap(without_gil([&] { return mgr.reset_inactive_pool(); }));
           },
           "Drains the inactive pool to Reset; then BlocksInUseError if any block is still in use.")
       .def(
           "reap_dead_processes",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             return without_gil([&] { return mgr.reap_dead_processes(); });
           },
           "Releases everything held by processes that died; returns how many were reaped.")
       .def(
           "verify",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             return without_gil([&] { return mgr.verify(); });
           },
           "Every broken invariant, one string each; [] when the segment is consistent.")
       .def(
-          "total_blocks", [](const State& s) { return s->get().total_blocks(); },
+          "total_blocks", [](const State& s) { return s->get()->total_blocks(); },
           "Blocks in the segment.")
       .def(
           "available_blocks",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             return without_gil([&] { return mgr.available_blocks(); });
           },
           "Blocks that allocate_blocks can hand out now (reset + inactive).")
       .def(
-          "block_size", [](const State& s) { return s->get().block_size(); }, "Tokens per block.")
+          "block_size", [](const State& s) { return s->get()->block_size(); }, "Tokens per block.")
       .def(
           "duplication_policy",
           [](const State& s) {
-            return std::string(kvbm::to_string(s->get().duplication_policy()));
+            return std::string(kvbm::to_string(s->get()->duplication_policy()));
           },
           "'allow' or 'reject'.")
       .def(
-          "config", [](const State& s) { return config_from_cpp(s->get().config()); },
+          "config", [](const State& s) { return config_from_cpp(s->get()->config()); },
           "The segment's SegmentConfig (as recorded in the segment).")
       .def(
-          "process_index", [](const State& s) { return s->get().process_index(); },
+          "process_index", [](const State& s) { return s->get()->process_index(); },
           "This attachment's process-table index.")
       .def(
           "counts",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto c = without_gil([&] { return mgr.counts(); });
             py::dict d;
             d["reset"] = c.reset;
@@ -399,7 +411,8 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
       .def(
           "metrics",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto snap = without_gil([&] { return mgr.metrics(); });
             py::dict d;
             for (auto& [name, value] : snap.all()) {
@@ -411,7 +424,8 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
       .def(
           "inspect_block",
           [](const State& s, py::handle id) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             const auto b = static_cast<kvbm::BlockId>(to_uint(id, ~std::uint32_t{0}, "block id"));
             return without_gil([&] { return mgr.inspect_block(b); });
           },
@@ -419,7 +433,8 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
       .def(
           "payload",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             auto p = mgr.payload();
             if (p.empty()) {
               raise_py(PyExc_ValueError, "kvbm: segment '" + s->config.name +
@@ -432,7 +447,8 @@ copies; block `id` starts at block_offset(id). close() raises BufferError while 
       .def(
           "block_offset",
           [](const State& s, py::handle id) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             return mgr.block_offset(
                 static_cast<kvbm::BlockId>(to_uint(id, ~std::uint32_t{0}, "block id")));
           },
@@ -440,7 +456,8 @@ copies; block `id` starts at block_offset(id). close() raises BufferError while 
       .def(
           "start_background_reaper",
           [](const State& s, double interval) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             if (!(interval > 0)) {
               raise_py(PyExc_ValueError, "kvbm: interval must be > 0 seconds");
             }
@@ -454,7 +471,8 @@ copies; block `id` starts at block_offset(id). close() raises BufferError while 
       .def(
           "stop_background_reaper",
           [](const State& s) {
-            auto& mgr = s->get();
+            auto keep = s->get();
+            auto& mgr = *keep;
             without_gil([&] { mgr.stop_background_reaper(); });
           },
           "Stops the background reaper.");

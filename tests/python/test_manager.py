@@ -229,3 +229,34 @@ def test_help_reads_well() -> None:
     import pydoc
     text = pydoc.render_doc(kvbm.BlockManager, renderer=pydoc.plaintext)
     assert "match_blocks" in text and "allocate_blocks" in text
+
+
+def test_threads_share_one_manager(mgr) -> None:
+    """Calls release the GIL while they work on the segment: several threads using one manager
+    at once leave it consistent."""
+    import threading
+
+    errors = []
+
+    def worker(seed: int) -> None:
+        try:
+            for round_ in range(50):
+                hs = hashes(2, seed=seed * 1000 + round_)
+                held = register(mgr, hs)
+                assert [b.block_id for b in mgr.match_blocks(hs)] == [b.block_id for b in held]
+                weak = held[0].downgrade()
+                del held
+                up = weak.upgrade()
+                assert up is None or up.sequence_hash == hs[0]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    c = mgr.counts()
+    assert c["mutable"] == c["staged"] == c["primary"] == c["duplicate"] == 0
+    assert mgr.verify() == []
