@@ -205,7 +205,12 @@ EOF
 alternating rounds (5 rounds of 5 repetitions each; median, p10-p90 in parentheses), both with one
 idle extra thread. Hashes are made before the timed part in both languages. Python counts
 everything a user pays: the call, argument conversion, one handle object per block, and
-dropping the handles. Goal: Python batch calls within 3x the C++ cost per block.
+dropping the handles. Goal: Python batch calls within 3x the C++ cost per block. Each
+block of the cycle costs Python three handle objects (MutableBlock, CompleteBlock,
+ImmutableBlock, each a small plain CPython object with its cell) and one \`stage()\` call
+through the interpreter, which releases and retakes the GIL; \`match_blocks\` costs one
+ImmutableBlock object per block. Hashing allocates one SequenceHash object per block and
+nothing per token.
 
 ${py_table}
 EOF
