@@ -160,7 +160,9 @@ PyConfig make_config(py::handle name,
                      py::handle bytes_per_block,
                      py::handle permissions,
                      py::handle event_capacity,
-                     py::handle store_token_ids) {
+                     py::handle store_token_ids,
+                     py::handle key_bytes,
+                     py::handle layout_tag) {
   PyConfig p;
   auto& c = p.c;
   c.name = field_str(name, "name");
@@ -192,6 +194,8 @@ PyConfig make_config(py::handle name,
       static_cast<std::uint32_t>(field_uint(frequency_capacity, 0xFFFFFFFFu, "frequency_capacity"));
   c.bytes_per_block = field_uint(bytes_per_block, ~std::uint64_t{0}, "bytes_per_block");
   c.permissions = static_cast<std::uint32_t>(field_uint(permissions, 07777, "permissions"));
+  c.key_bytes = static_cast<std::uint32_t>(field_uint(key_bytes, 0xFFFFFFFFu, "key_bytes"));
+  c.layout_tag = field_uint(layout_tag, ~std::uint64_t{0}, "layout_tag");
   p.event_capacity =
       static_cast<std::uint32_t>(field_uint(event_capacity, 0xFFFFFFFFu, "event_capacity"));
   p.store_token_ids = field_bool(store_token_ids, "store_token_ids");
@@ -220,6 +224,8 @@ py::dict as_dict(const PyConfig& p) {
   d["permissions"] = c.permissions;
   d["event_capacity"] = p.event_capacity;
   d["store_token_ids"] = p.store_token_ids;
+  d["key_bytes"] = c.key_bytes;
+  d["layout_tag"] = c.layout_tag;
   return d;
 }
 
@@ -233,7 +239,8 @@ Everything fixed when a segment is created (DESIGN.md section 4), as keyword arg
                        eviction="lineage", lineage_order="tick", duplication="allow",
                        default_reset_on_release=False, multi_lru_thresholds=(3, 8, 15),
                        frequency_capacity=2**21, bytes_per_block=0, permissions=0o600,
-                       event_capacity=65536, store_token_ids=False)
+                       event_capacity=65536, store_token_ids=False, key_bytes=0,
+                       layout_tag=0)
 
 `name` and `block_count` are required. eviction is "lineage" | "lru" | "multi_lru" | "fifo",
 lineage_order "tick" | "fifo", duplication "allow" | "reject". A bad value (unknown string,
@@ -247,7 +254,7 @@ kvbm.InvalidConfigError here. Fields read back as read-only attributes; to_dict(
           py::arg("multi_lru_thresholds") = py::make_tuple(3, 8, 15),
           py::arg("frequency_capacity") = 1u << 21, py::arg("bytes_per_block") = 0,
           py::arg("permissions") = 0600, py::arg("event_capacity") = kDefaultEventCapacity,
-          py::arg("store_token_ids") = false);
+          py::arg("store_token_ids") = false, py::arg("key_bytes") = 0, py::arg("layout_tag") = 0);
   cls.def_property_readonly(
       "name", [](const PyConfig& p) { return p.c.name; }, "Segment name (/dev/shm/<name>).");
   cls.def_property_readonly(
@@ -293,6 +300,12 @@ kvbm.InvalidConfigError here. Fields read back as read-only attributes; to_dict(
   cls.def_property_readonly(
       "store_token_ids", [](const PyConfig& p) { return p.store_token_ids; },
       "Whether blocks' token ids are kept in the segment for events.");
+  cls.def_property_readonly(
+      "key_bytes", [](const PyConfig& p) { return p.c.key_bytes; },
+      "Capacity of each block's application key (MutableBlock.set_key); 0 = no keys.");
+  cls.def_property_readonly(
+      "layout_tag", [](const PyConfig& p) { return p.c.layout_tag; },
+      "The application's identity of what the payload holds; open_or_create compares it.");
   cls.def("to_dict", &as_dict, "Every field as a dict (keyword arguments of the constructor).");
   cls.def("__repr__", [](const PyConfig& p) {
     std::string out = "kvbm.SegmentConfig(";

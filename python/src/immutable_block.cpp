@@ -67,6 +67,16 @@ PyObject* imm_set_reset_on_release(PyObject* self, PyObject* args, PyObject* kwa
   });
 }
 
+PyObject* imm_key(PyObject* self, void*) {
+  return guarded([&] {
+    auto& c = cell_of<ImmutableCell>(self);
+    c.check(true);
+    const auto k = c.guard.key();
+    return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(k.data()),
+                                     static_cast<Py_ssize_t>(k.size()));
+  });
+}
+
 PyObject* imm_repr(PyObject* self) {
   return guarded([&] {
     auto& c = cell_of<ImmutableCell>(self);
@@ -93,6 +103,9 @@ void bind_immutable(py::module_& m) {
       {"data", get_data, nullptr,
        "Read-only memoryview (1-D, format 'B') over this block's payload bytes, no copy.\n"
        "While the view is alive the block stays held, even after release().",
+       nullptr},
+      {"key", imm_key, nullptr,
+       "The key recorded with MutableBlock.set_key by the process that stored it (bytes).",
        nullptr},
       {nullptr, nullptr, nullptr, nullptr, nullptr}};
   static PyMethodDef methods[] = {

@@ -343,6 +343,34 @@ at the first hash not cached in any process; inactive blocks are brought back.)d
           R"doc(dict {SequenceHash: ImmutableBlock} of every cached hash among `hashes` (each once).
 `touch` counts them in the frequency sketch (eviction 'multi_lru').)doc")
       .def(
+          "peek_blocks",
+          [](const State& s, py::handle hashes) {
+            auto keep = s->get();
+            auto& mgr = *keep;
+            auto hs = hashes_from(hashes);
+            auto r = without_gil([&] { return mgr.peek_blocks(hs); });
+            py::list out(r.size());
+            for (std::size_t i = 0; i < r.size(); ++i) {
+              py::str v(std::string(kvbm::to_string(r[i])));
+              PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), v.release().ptr());
+            }
+            return out;
+          },
+          py::arg("hashes"),
+          R"doc(One str per hash, looked up without any side effect (nothing acquired or brought
+back, no recency, frequency or metric change): 'cached' (inactive, or held and staying cached),
+'reset_on_release' (held and marked to leave the cache with its last holder) or 'absent'.)doc")
+      .def(
+          "lookup_prefix",
+          [](const State& s, py::handle hashes) {
+            auto keep = s->get();
+            auto& mgr = *keep;
+            auto hs = hashes_from(hashes);
+            return without_gil([&] { return mgr.lookup_prefix(hs); });
+          },
+          py::arg("hashes"),
+          "How many leading hashes are 'cached' (see peek_blocks), without any side effect.")
+      .def(
           "reset_inactive_pool",
           [](const State& s) {
             auto keep = s->get();

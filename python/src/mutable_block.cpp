@@ -139,6 +139,37 @@ PyObject* mutable_stage(PyObject* self,
   });
 }
 
+PyObject* key_object(std::span<const std::byte> k) {
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(k.data()),
+                                   static_cast<Py_ssize_t>(k.size()));
+}
+
+PyObject* mutable_key(PyObject* self, void*) {
+  return guarded([&] {
+    auto& c = cell_of<MutableCell>(self);
+    c.check(true);
+    return key_object(c.guard.key());
+  });
+}
+
+PyObject* mutable_set_key(PyObject* self, PyObject* key) {
+  return guarded([&] {
+    if (PyUnicode_Check(key) || PyLong_Check(key)) {
+      raise_py(PyExc_TypeError,
+               std::string("kvbm: a key is bytes-like, not ") + Py_TYPE(key)->tp_name);
+    }
+    auto kb = py::reinterpret_steal<py::object>(PyBytes_FromObject(key));
+    if (!kb) {
+      throw py::error_already_set();
+    }
+    auto& c = cell_of<MutableCell>(self);
+    c.check(true);
+    c.guard.set_key({reinterpret_cast<const std::byte*>(PyBytes_AS_STRING(kb.ptr())),
+                     static_cast<std::size_t>(PyBytes_GET_SIZE(kb.ptr()))});
+    Py_RETURN_NONE;
+  });
+}
+
 PyObject* mutable_repr(PyObject* self) {
   return guarded([&] {
     auto& c = cell_of<MutableCell>(self);
@@ -154,6 +185,14 @@ PyObject* complete_sequence_hash(PyObject* self, void*) {
     auto& c = cell_of<CompleteCell>(self);
     c.check();
     return new_hash(c.guard.sequence_hash());
+  });
+}
+
+PyObject* complete_key(PyObject* self, void*) {
+  return guarded([&] {
+    auto& c = cell_of<CompleteCell>(self);
+    c.check(true);
+    return key_object(c.guard.key());
   });
 }
 
@@ -194,8 +233,15 @@ void bind_mutable(py::module_& m) {
        "While the view is alive the block stays held (even after release()) and stage() raises\n"
        "BufferError. ValueError when the segment has no payload region.",
        nullptr},
+      {"key", mutable_key, nullptr,
+       "The key last recorded in this block's slot (bytes): the one set_key wrote, or for a\n"
+       "block that allocate_blocks_with_evictions took by eviction, the evicted block's key.",
+       nullptr},
       {nullptr, nullptr, nullptr, nullptr, nullptr}};
   static PyMethodDef mutable_methods[] = {
+      {"set_key", mutable_set_key, METH_O,
+       "set_key(key: bytes) -> None\n\nRecords the block's application key (at most the "
+       "segment's key_bytes, else ValueError) in the segment; it stays with the block."},
       {"stage", as_cfunction(mutable_stage), METH_FASTCALL | METH_KEYWORDS,
        "stage(hash, block_size) -> CompleteBlock\n\nMutable -> Staged with `hash`; returns a "
        "CompleteBlock and consumes this handle.\n`block_size` must equal the segment's block "
@@ -217,13 +263,16 @@ void bind_mutable(py::module_& m) {
       "releases on exit unless it was staged.",
       mutable_getset, mutable_methods, handle_dealloc<MutableCell>, mutable_repr);
 
-  static PyGetSetDef complete_getset[] = {{"block_id", handle_block_id<CompleteCell>, nullptr,
-                                           "Index of the block in the segment.", nullptr},
-                                          {"block_size", handle_block_size<CompleteCell>, nullptr,
-                                           "Tokens per block of the segment.", nullptr},
-                                          {"sequence_hash", complete_sequence_hash, nullptr,
-                                           "The SequenceHash it was staged with.", nullptr},
-                                          {nullptr, nullptr, nullptr, nullptr, nullptr}};
+  static PyGetSetDef complete_getset[] = {
+      {"block_id", handle_block_id<CompleteCell>, nullptr, "Index of the block in the segment.",
+       nullptr},
+      {"block_size", handle_block_size<CompleteCell>, nullptr, "Tokens per block of the segment.",
+       nullptr},
+      {"sequence_hash", complete_sequence_hash, nullptr, "The SequenceHash it was staged with.",
+       nullptr},
+      {"key", complete_key, nullptr, "The key recorded with MutableBlock.set_key (bytes).",
+       nullptr},
+      {nullptr, nullptr, nullptr, nullptr, nullptr}};
   static PyMethodDef complete_methods[] = {
       {"reset", complete_reset, METH_NOARGS,
        "reset() -> MutableBlock\n\nStaged -> Mutable: returns a MutableBlock for the same block "
