@@ -96,6 +96,20 @@ for w in 0 1 2; do
   check "worker $w exited cleanly" grep -q "bad_bytes=0" "$tmp/worker$w.out"
 done
 
+step "vLLM engines sharing one CPU KV tier (kvbm.vllm, examples/python/vllm_shared_tier.py --quick)"
+if [ -f "$build/python/kvbm/vllm/__init__.py" ]; then
+  set +e
+  PYTHONPATH="$build/python" /usr/bin/python3 "$root/examples/python/vllm_shared_tier.py" \
+    --quick --ctl "$ctl" >"$tmp/sim.txt" 2>&1
+  set -e
+  sed 's/^/  /' "$tmp/sim.txt"
+  check "the simulation verified every loaded byte and survived the kills" \
+    grep -q "all checks passed" "$tmp/sim.txt"
+  echo "  $(grep -m1 'shared tier (' "$tmp/sim.txt" | sed 's/^ *//')"
+else
+  echo "  skipped: the Python package was not built (needs python3-dev and pybind11-dev)"
+fi
+
 if [ "$failures" -ne 0 ]; then
   echo; echo "demo: $failures check(s) failed"; exit 1
 fi
