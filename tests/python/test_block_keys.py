@@ -9,8 +9,6 @@ import pytest
 
 import kvbm
 
-from vllm_support import name, names  # noqa: F401 (fixtures)
-
 
 def hs(n: int) -> list:
     return kvbm.hash_token_blocks(list(range(4 * n)), 4)

@@ -19,7 +19,6 @@ from kvbm.vllm import (
     TierConfigMismatch,
 )
 
-from vllm_support import name, names  # noqa: F401 (fixtures)
 
 BS = 16  # tokens per block
 B = 64  # payload bytes per block

@@ -19,7 +19,6 @@ import pytest
 import kvbm
 from kvbm.vllm import KvbmOffloadingManager
 
-from vllm_support import name, names  # noqa: F401 (fixtures)
 
 BS, B = 16, 64
 

@@ -11,8 +11,6 @@ import pytest
 
 from kvbm.vllm import HAVE_VLLM, KvbmOffloadingManager, KvbmOffloadingSpec, TierConfigMismatch
 
-from vllm_support import name, names  # noqa: F401 (fixtures)
-
 
 def vllm_config(extra: dict, model: str = "org/model-7b", block_size: int = 16) -> NS:
     """The fields of vllm.config.VllmConfig the spec reads."""
