@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // BlockStore: the ONLY code that changes slot state. Every method requires the store mutex held by
-// the caller (the Attachment's StoreLock), takes no other lock, allocates nothing and does not
-// throw, so an operation is never abandoned half-way except by the death of the process.
+// the caller (a StoreLock; every changing call takes the Txn opened on it), takes no other lock,
+// allocates nothing and does not throw, so an operation is never abandoned half-way except by the
+// death of the process.
 // The one exception is stage_lock_free(): the owner of a Mutable slot stages it without the mutex
 // (two compare-and-swaps on its own slot, accounted in its own process entry), because staging
 // is the one per-block call of the hot path that touches no shared structure.
