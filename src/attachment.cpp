@@ -199,7 +199,8 @@ void Attachment::release_holder(std::uint32_t slot) noexcept {
   if (local_[slot].load(std::memory_order_acquire) != 0 || !store_->holds(slot, me_)) {
     return;
   }
-  BlockStore::Txn txn(*store_, std::move(*l), shm::IntentOp::kRelease, me_);
+  // Declared after the lock: commits before it unlocks.
+  BlockStore::Txn txn(*store_, *l, BlockStore::KeepLock{}, shm::IntentOp::kRelease, me_);
   store_->release_holder(txn, slot, me_);
   if (--held_slots_ == 0) {
     last_reference = std::move(self_);

@@ -27,7 +27,9 @@ void release_exclusive(std::shared_ptr<Attachment>& att, BlockId id, std::uint32
   }
   if (auto l = att->lock_quiet()) {
     auto& store = att->store();
-    detail::BlockStore::Txn txn(store, std::move(*l), IntentOp::kReleaseExclusive, att->me());
+    // Declared after the lock: commits before it unlocks.
+    detail::BlockStore::Txn txn(store, *l, detail::BlockStore::KeepLock{},
+                                IntentOp::kReleaseExclusive, att->me());
     // False when the slot is no longer this guard's (reclaimed from a fenced process): nothing
     // left to release.
     (void)store.release_exclusive(txn, Grant{id, gen}, att->me());

@@ -75,7 +75,7 @@ void BlockStore::check_in_txn() const noexcept {
 
 void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
 #ifdef KVBM_STORE_CHECKS
-  check_locked();
+  KVBM_STORE_CHECK_LOCKED();
   in_txn_ = true;
 #endif
 #ifdef KVBM_BENCH_NO_INTENT
@@ -108,7 +108,7 @@ void BlockStore::commit() {
 }
 
 void BlockStore::log(std::uint32_t slot) noexcept {
-  check_in_txn();
+  KVBM_STORE_CHECK_IN_TXN();
 #ifdef KVBM_BENCH_NO_INTENT
   (void)slot;
   return;
@@ -138,7 +138,7 @@ void BlockStore::checkpoint(std::uint32_t reserve) noexcept {
 }
 
 void BlockStore::bump(shm::Counter c, std::uint64_t n) noexcept {
-  check_locked();
+  KVBM_STORE_CHECK_LOCKED();
   ctl_->counters[c].store(ctl_->counters[c].load(std::memory_order_relaxed) + n,
                           std::memory_order_relaxed);
 }
@@ -146,7 +146,7 @@ void BlockStore::bump(shm::Counter c, std::uint64_t n) noexcept {
 void BlockStore::count(Txn&, shm::Counter c, std::uint64_t n) noexcept {
   // Only the mutex holder writes counters; readers without the lock load them relaxed. The
   // value before the first change in this transaction is logged so a rollback restores it.
-  check_in_txn();
+  KVBM_STORE_CHECK_IN_TXN();
   auto& in = ctl_->intent;
   const std::uint64_t old = ctl_->counters[c].load(std::memory_order_relaxed);
 #ifdef KVBM_BENCH_NO_INTENT
@@ -164,7 +164,7 @@ void BlockStore::count(Txn&, shm::Counter c, std::uint64_t n) noexcept {
 // --- primitive slot changes ------------------------------------------------------------------
 
 void BlockStore::set_state(shm::SlotMeta& m, SlotState s) noexcept {
-  check_in_txn();
+  KVBM_STORE_CHECK_IN_TXN();
   auto& counts = ctl_->state_counts;
   const std::uint8_t from = shm::state_count_index(m.state);
   const std::uint8_t to = shm::state_count_index(st(s));

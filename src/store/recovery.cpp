@@ -17,7 +17,7 @@ using shm::kNil;
 using shm::SlotState;
 
 std::vector<std::string> BlockStore::recover() {
-  check_locked();
+  KVBM_STORE_CHECK_LOCKED();
   auto& in = ctl_->intent;
   KVBM_CRASH_POINT("recover.start");
   std::uint32_t dead_actor = kNil;
@@ -84,7 +84,7 @@ void BlockStore::poison() noexcept {
 }
 
 std::vector<std::string> BlockStore::rebuild_derived() {
-  check_locked();
+  KVBM_STORE_CHECK_LOCKED();
   std::vector<std::string> problems;
   std::uint64_t counts[shm::kSlotStateCount] = {};
   for (std::uint32_t s = 0; s < n_; ++s) {
