@@ -2,6 +2,8 @@
 #include "kvbm/block_manager.hpp"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <condition_variable>
@@ -15,6 +17,7 @@
 #include "handle_access.hpp"
 #include "metrics_reader.hpp"
 #include "segment/segment.hpp"
+#include "segment/shm_object.hpp"
 
 namespace kvbm {
 
@@ -35,6 +38,39 @@ Result<std::shared_ptr<BlockManager>> attach_to(Result<std::unique_ptr<detail::S
     return tl::unexpected(att.error());
   }
   return make(std::move(*att));
+}
+
+// Who may attach to an existing segment (DESIGN.md section 12). Attaching writes the segment
+// and takes a liveness lock, so the object's mode must let the caller write, whatever privilege
+// the caller has; open_or_create (which would otherwise have created a segment of its own)
+// attaches only to a segment its own user owns, so that another user cannot pre-create the
+// name and then read or corrupt what this process stores.
+enum class Trust { kModeLetsWrite, kOwnedByCaller };
+
+Result<std::unique_ptr<detail::Segment>> check_trust(Result<std::unique_ptr<detail::Segment>> seg,
+                                                     std::string_view name,
+                                                     Trust trust) {
+  if (!seg) {
+    return seg;
+  }
+  const struct stat& st = (*seg)->object_status();
+  if (trust == Trust::kOwnedByCaller && st.st_uid != ::geteuid()) {
+    return tl::unexpected(Error{
+        Errc::kPermissionDenied, EPERM,
+        fmt::format("segment '{}' exists but is owned by {}, not by this user ({}): refusing to "
+                    "attach to a segment another user created; open it explicitly if it is "
+                    "meant to be shared",
+                    name, detail::describe_owner(st.st_uid), detail::describe_owner(::geteuid()))});
+  }
+  if (!detail::mode_lets_caller_write(st)) {
+    return tl::unexpected(
+        Error{Errc::kPermissionDenied, EACCES,
+              fmt::format("segment '{}' (owned by {}, mode {:04o}) does not let this user ({}) "
+                          "read and write it",
+                          name, detail::describe_owner(st.st_uid), st.st_mode & 07777,
+                          detail::describe_owner(::geteuid()))});
+  }
+  return seg;
 }
 
 }  // namespace
@@ -84,9 +120,10 @@ Result<std::shared_ptr<BlockManager>> BlockManager::create(const SegmentConfig& 
 }
 
 Result<std::shared_ptr<BlockManager>> BlockManager::open(std::string_view name) {
-  return attach_to(detail::Segment::open(name), [](std::shared_ptr<Attachment> a) {
-    return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
-  });
+  return attach_to(check_trust(detail::Segment::open(name), name, Trust::kModeLetsWrite),
+                   [](std::shared_ptr<Attachment> a) {
+                     return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
+                   });
 }
 
 Result<std::shared_ptr<BlockManager>> BlockManager::open_or_create(const SegmentConfig& config) {
@@ -99,7 +136,11 @@ Result<std::shared_ptr<BlockManager>> BlockManager::open_or_create(const Segment
     if (created || created.error().code != Errc::kAlreadyExists) {
       return created;
     }
-    auto opened = open(config.name);
+    auto opened = attach_to(
+        check_trust(detail::Segment::open(config.name), config.name, Trust::kOwnedByCaller),
+        [](std::shared_ptr<Attachment> a) {
+          return std::shared_ptr<BlockManager>(new BlockManager(std::move(a)));
+        });
     if (!opened) {
       if (opened.error().code == Errc::kNotFound) {
         continue;  // destroyed between our create and open: try again
@@ -123,10 +164,21 @@ Result<void> BlockManager::destroy(std::string_view name) {
   if (auto ok = validate_segment_name(name); !ok) {
     return ok;
   }
-  // Only a segment whose header records a payload region owns "<name>.payload"; another
-  // segment may legitimately carry that name.
-  const auto recorded = detail::peek_config(name);
-  const bool has_payload = recorded && recorded->bytes_per_block > 0;
+  // Never blocks on, follows or removes something that is not a regular file (DESIGN.md 12).
+  bool damaged = false;
+  bool has_payload = false;
+  {
+    auto obj = detail::ShmObject::open(name, detail::ShmObject::Mode::kReadOnly);
+    if (!obj && obj.error().code != Errc::kPermissionDenied) {
+      return tl::unexpected(obj.error());
+    }
+    // Only a segment whose header records a payload region owns "<name>.payload". A header
+    // that cannot be read (damaged magic or layout) still had one if the object exists and is
+    // not itself a segment: removing the segment must not leak it.
+    const auto recorded = detail::peek_config(name);
+    has_payload = recorded && recorded->bytes_per_block > 0;
+    damaged = obj && !recorded;
+  }
   const std::string main = "/" + std::string(name);
   if (::shm_unlink(main.c_str()) != 0) {
     const int err = errno;
@@ -138,9 +190,15 @@ Result<void> BlockManager::destroy(std::string_view name) {
         Error{err == EACCES || err == EPERM ? Errc::kPermissionDenied : Errc::kSystem, err,
               fmt::format("cannot remove segment '{}': {}", name, std::strerror(err))});
   }
-  if (has_payload) {
-    const std::string payload = "/" + detail::payload_name(name);
-    ::shm_unlink(payload.c_str());
+  const std::string pname = detail::payload_name(name);
+  if (!has_payload && damaged) {
+    auto payload = detail::ShmObject::open(pname, detail::ShmObject::Mode::kReadOnly);
+    has_payload = payload && !detail::has_kvbm_magic(payload->fd());
+  }
+  // Whatever the header says, only a regular file is a payload (never a FIFO or a symlink).
+  struct stat pst {};
+  if (has_payload && ::lstat(("/dev/shm/" + pname).c_str(), &pst) == 0 && S_ISREG(pst.st_mode)) {
+    ::shm_unlink(("/" + pname).c_str());
   }
   return {};
 }

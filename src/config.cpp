@@ -51,6 +51,15 @@ Result<void> validate_segment_name(std::string_view name) {
                     "with a letter or digit (no '/')",
                     name)));
   }
+  // "<name>.payload" is the payload object of segment <name>: a segment of that name would be
+  // hidden by `kvbm-ctl list` and its payload could be taken for it (DESIGN.md section 12).
+  if (name.ends_with(".payload")) {
+    return tl::unexpected(config_error(
+        Errc::kInvalidConfig,
+        fmt::format("'{}' names the payload object of segment '{}', not a segment: a segment "
+                    "name may not end in \".payload\"",
+                    name, name.substr(0, name.size() - 8))));
+  }
   return {};
 }
 
@@ -90,8 +99,14 @@ Result<void> validate_config(const SegmentConfig& c) {
       static_cast<unsigned>(c.lineage_order) > 1) {
     return bad("unknown eviction, duplication or lineage order value");
   }
-  if ((c.permissions & ~0777u) != 0) {
-    return bad(fmt::format("permissions {:o} must be a file mode within 0777", c.permissions));
+  // Read and write go together per class: a class that may only read could still take OFD
+  // read locks on the liveness bytes, which blocks every later attach and makes dead workers
+  // look alive (DESIGN.md section 12).
+  if (c.permissions != 0600 && c.permissions != 0660 && c.permissions != 0666) {
+    return bad(
+        fmt::format("permissions {:04o} must be 0600 (owner only), 0660 (owner and group) or 0666 "
+                    "(everyone): each class that may attach needs both read and write",
+                    c.permissions));
   }
   if (c.bytes_per_block > 0 &&
       c.bytes_per_block > (std::uint64_t{1} << 40) / std::max<std::uint64_t>(1, c.block_count)) {

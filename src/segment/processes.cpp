@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "segment/liveness.hpp"
+#include "segment/shm_object.hpp"
 
 namespace kvbm::detail {
 
@@ -57,16 +58,14 @@ std::vector<ProcessView> list_processes(const Segment& seg) {
 }
 
 std::size_t count_live_attachments(std::string_view name) {
-  const std::string path = "/" + std::string(name);
-  const int fd = ::shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) {
+  auto obj = ShmObject::open(name, ShmObject::Mode::kReadOnly);
+  if (!obj) {
     return 0;
   }
   std::size_t live = 0;
   for (std::uint32_t q = 0; q < shm::kMaxProcesses; ++q) {
-    live += ofd_is_locked(fd, shm::kLivenessLockBase + q) ? 1 : 0;
+    live += ofd_is_locked(obj->fd(), shm::kLivenessLockBase + q) ? 1 : 0;
   }
-  ::close(fd);
   return live;
 }
 

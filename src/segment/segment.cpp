@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "segment/liveness.hpp"
+#include "segment/shm_object.hpp"
 
 namespace kvbm::detail {
 namespace bip = boost::interprocess;
@@ -119,6 +120,14 @@ int open_lock_fd(int fd, bool read_only) {
   }
   return lock_fd;
 }
+
+// Lets Boost's mapped_region map a descriptor that ShmObject opened (and checked) itself.
+struct FdMapping {
+  int fd;
+  bip::mapping_handle_t get_mapping_handle() const {
+    return bip::ipcdetail::mapping_handle_from_file_handle(fd);
+  }
+};
 
 std::uint64_t realtime_ns() {
   timespec ts{};
@@ -303,48 +312,60 @@ Result<void> Segment::map_payload(bool create, Access access, bool* created) {
                                          rc));
       }
     } else {
-      obj = std::make_unique<bip::shared_memory_object>(
-          bip::open_only, pname.c_str(),
-          access == Access::kReadOnly ? bip::read_only : bip::read_write);
-      bip::offset_t size = 0;
-      if (!obj->get_size(size) || static_cast<std::uint64_t>(size) < bytes) {
+      auto opened =
+          ShmObject::open(pname, access == Access::kReadOnly ? ShmObject::Mode::kReadOnly
+                                                             : ShmObject::Mode::kReadWrite);
+      if (!opened) {
+        Error err = opened.error();
+        if (err.code == Errc::kNotFound) {
+          // The segment exists; its payload object does not: the segment is damaged, not absent.
+          err = Error{Errc::kCorrupted, ENOENT,
+                      fmt::format("segment '{}' records a payload region but '{}' is missing; "
+                                  "destroy the segment",
+                                  config_.name, pname)};
+        } else if (err.code == Errc::kLayoutMismatch) {
+          err.code = Errc::kCorrupted;  // the segment is ours; its payload name is taken
+        }
+        return tl::unexpected(std::move(err));
+      }
+      if (static_cast<std::uint64_t>(opened->status().st_size) < bytes) {
         return tl::unexpected(
             make_error(Errc::kCorrupted,
                        fmt::format("payload object '{}' is smaller than {} bytes", pname, bytes)));
       }
+      payload_region_ = std::make_unique<bip::mapped_region>(
+          FdMapping{opened->fd()}, access == Access::kReadOnly ? bip::read_only : bip::read_write,
+          0, bytes);
+      payload_ = static_cast<std::byte*>(payload_region_->get_address());
+      return {};
     }
-    payload_region_ = std::make_unique<bip::mapped_region>(
-        *obj, access == Access::kReadOnly ? bip::read_only : bip::read_write, 0, bytes);
+    payload_region_ = std::make_unique<bip::mapped_region>(*obj, bip::read_write, 0, bytes);
     payload_ = static_cast<std::byte*>(payload_region_->get_address());
   } catch (const bip::interprocess_exception& e) {
-    Error err = boost_error(e, pname, create ? "create payload of" : "open payload of");
-    if (!create && err.code == Errc::kNotFound) {
-      // The segment exists; its payload object does not: the segment is damaged, not absent.
-      err = Error{Errc::kCorrupted, ENOENT,
-                  fmt::format("segment '{}' records a payload region but '{}' is missing; "
-                              "destroy the segment",
-                              config_.name, pname)};
-    }
-    return tl::unexpected(std::move(err));
+    return tl::unexpected(boost_error(e, pname, create ? "create payload of" : "map payload of"));
   }
   return {};
 }
 
 std::optional<shm::ConfigRecord> peek_config(std::string_view name) {
-  const std::string path = "/" + std::string(name);
-  const int fd = ::shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) {
+  auto obj = ShmObject::open(name, ShmObject::Mode::kReadOnly);
+  if (!obj) {
     return std::nullopt;
   }
   shm::SegmentHeader h;
   const bool read =
-      ::pread(fd, static_cast<void*>(&h), sizeof(h), 0) == static_cast<ssize_t>(sizeof(h));
-  ::close(fd);
+      ::pread(obj->fd(), static_cast<void*>(&h), sizeof(h), 0) == static_cast<ssize_t>(sizeof(h));
   if (!read || h.magic != shm::kMagic || h.layout_major != shm::kLayoutMajor ||
       h.abi_fingerprint != abi_fingerprint()) {
     return std::nullopt;
   }
   return h.config;
+}
+
+bool has_kvbm_magic(int fd) {
+  std::uint64_t magic = 0;
+  return ::pread(fd, &magic, sizeof(magic), 0) == static_cast<ssize_t>(sizeof(magic)) &&
+         magic == shm::kMagic;
 }
 
 Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
@@ -379,6 +400,8 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
   if (seg->fd_ < 0) {
     return fail(make_error(Errc::kSystem, "cannot duplicate the segment fd", errno));
   }
+  ::fstat(seg->fd_, &seg->object_status_);
+  seg->owner_uid_ = seg->object_status_.st_uid;
   // Held while initialising: an opener that finds init_state stuck and this lock free knows the
   // creator died.
   ofd_try_lock(seg->fd_, shm::kInitLockOffset);
@@ -386,6 +409,20 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
     obj->truncate(static_cast<bip::offset_t>(layout.total_bytes));
   } catch (const bip::interprocess_exception& e) {
     return fail(boost_error(e, config.name, "size"));
+  }
+  // The magic and init_state = kInitializing go in before anything slow (reserving the pages
+  // can take a while): a creator killed from here on leaves an object that says it is a kvbm
+  // segment whose creation never finished, which open reports as kCorrupted and kvbm-ctl
+  // destroy removes without --force (an object without the magic is not ours to remove).
+  {
+    const std::uint64_t magic = shm::kMagic;
+    const auto initialising = static_cast<std::uint32_t>(shm::InitState::kInitializing);
+    if (::pwrite(seg->fd_, &initialising, sizeof(initialising),
+                 offsetof(shm::SegmentHeader, init_state)) != sizeof(initialising) ||
+        ::pwrite(seg->fd_, &magic, sizeof(magic), offsetof(shm::SegmentHeader, magic)) !=
+            sizeof(magic)) {
+      return fail(make_error(Errc::kSystem, "cannot write the segment header", errno));
+    }
   }
   // Reserve the tmpfs pages now: a page fault later must not SIGBUS a process mid-transition
   // because /dev/shm filled up.
@@ -403,9 +440,9 @@ Result<std::unique_ptr<Segment>> Segment::create(const SegmentConfig& config,
   obj.reset();  // our own fd keeps the object open; Boost's is closed
 
   auto* h = new (seg->region_->get_address()) shm::SegmentHeader();
+  h->magic = shm::kMagic;  // again at once: the constructor zeroed it
   h->init_state.store(static_cast<std::uint32_t>(shm::InitState::kInitializing),
                       std::memory_order_relaxed);
-  h->magic = shm::kMagic;
   h->layout_major = shm::kLayoutMajor;
   h->layout_minor = shm::kLayoutMinor;
   h->header_bytes = sizeof(shm::SegmentHeader);
@@ -462,16 +499,16 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
   if (auto ok = kvbm::validate_segment_name(name); !ok) {
     return tl::unexpected(ok.error());
   }
-  const std::string sname(name);
   std::unique_ptr<Segment> seg(new Segment());
-  std::unique_ptr<bip::shared_memory_object> obj;
   const auto mode = access == Access::kReadOnly ? bip::read_only : bip::read_write;
-  try {
-    obj = std::make_unique<bip::shared_memory_object>(bip::open_only, sname.c_str(), mode);
-  } catch (const bip::interprocess_exception& e) {
-    return tl::unexpected(boost_error(e, name, "open"));
+  auto obj = ShmObject::open(
+      name, access == Access::kReadOnly ? ShmObject::Mode::kReadOnly : ShmObject::Mode::kReadWrite);
+  if (!obj) {
+    return tl::unexpected(obj.error());
   }
-  seg->fd_ = open_lock_fd(obj->get_mapping_handle().handle, access == Access::kReadOnly);
+  seg->object_status_ = obj->status();
+  seg->owner_uid_ = obj->status().st_uid;
+  seg->fd_ = open_lock_fd(obj->fd(), access == Access::kReadOnly);
   if (seg->fd_ < 0) {
     return tl::unexpected(make_error(Errc::kSystem, "cannot duplicate the segment fd", errno));
   }
@@ -484,9 +521,23 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
     return tl::unexpected(
         make_error(Errc::kCorrupted, fmt::format("segment '{}' is corrupted: {}", name, why)));
   };
+  auto init_state = [&]() {
+    std::uint32_t state = 0;
+    if (::pread(seg->fd_, &state, sizeof(state), offsetof(shm::SegmentHeader, init_state)) !=
+        sizeof(state)) {
+      state = 0;
+    }
+    return state;
+  };
 
-  // A segment still being created is zero-sized or has init_state kInitializing; wait up to 2 s.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  // A segment still being created is zero-sized or has init_state kInitializing; wait up to 2 s
+  // while its creator lives. The creator holds its init lock before the object can show the
+  // magic, so magic + kInitializing + a free init lock is a creator that died. An object without
+  // the magic and nobody holding the init lock gets a short grace (a creator between shm_open
+  // and taking the lock) and is then not a kvbm segment.
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(2);
+  const auto grace = start + std::chrono::milliseconds(100);
   std::uint64_t size = 0;
   for (;;) {
     struct stat st {};
@@ -495,17 +546,18 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
     }
     size = static_cast<std::uint64_t>(st.st_size);
     bool initialising = size == 0;
+    bool has_magic = false;
     if (size > 0) {
       std::uint64_t magic = 0;
-      std::uint32_t state = 0;
       if (::pread(seg->fd_, &magic, sizeof(magic), 0) != sizeof(magic)) {
         magic = 0;
       }
+      has_magic = magic == shm::kMagic;
       if (size < sizeof(magic)) {
         return mismatch(fmt::format("only {} bytes", size));
       }
       if (size < sizeof(shm::SegmentHeader)) {
-        if (magic == shm::kMagic) {
+        if (has_magic) {
           return corrupted(fmt::format("truncated to {} bytes", size));
         }
         if (magic != 0) {
@@ -513,16 +565,13 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
         }
         initialising = true;
       } else {
-        if (::pread(seg->fd_, &state, sizeof(state), offsetof(shm::SegmentHeader, init_state)) !=
-            sizeof(state)) {
-          state = 0;
-        }
-        if (magic != shm::kMagic && magic != 0) {
+        const std::uint32_t state = init_state();
+        if (!has_magic && magic != 0) {
           return mismatch("bad magic number");
         }
-        initialising = magic == 0 || state == static_cast<std::uint32_t>(shm::InitState::kNone) ||
+        initialising = !has_magic || state == static_cast<std::uint32_t>(shm::InitState::kNone) ||
                        state == static_cast<std::uint32_t>(shm::InitState::kInitializing);
-        if (magic == 0 && state != 0) {
+        if (!has_magic && state != 0) {
           return mismatch("bad magic number");
         }
       }
@@ -530,8 +579,17 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
     if (!initialising) {
       break;
     }
-    if (std::chrono::steady_clock::now() >= deadline) {
-      const bool creator_alive = ofd_is_locked(seg->fd_, shm::kInitLockOffset);
+    const auto now = std::chrono::steady_clock::now();
+    const bool creator_alive = ofd_is_locked(seg->fd_, shm::kInitLockOffset);
+    if (has_magic && !creator_alive &&
+        init_state() != static_cast<std::uint32_t>(shm::InitState::kReady)) {
+      return corrupted("its creation never finished (the creating process died); destroy it");
+    }
+    if (!has_magic && !creator_alive && now >= grace) {
+      return mismatch(size == 0 ? "the object is empty and nobody is creating it"
+                                : "no kvbm header and nobody is creating it");
+    }
+    if (now >= deadline) {
       return corrupted(creator_alive
                            ? "still being initialised after 2 s"
                            : "initialisation never finished (its creator died); destroy it");
@@ -540,11 +598,10 @@ Result<std::unique_ptr<Segment>> Segment::open(std::string_view name, Access acc
   }
 
   try {
-    seg->region_ = std::make_unique<bip::mapped_region>(*obj, mode, 0, size);
+    seg->region_ = std::make_unique<bip::mapped_region>(FdMapping{obj->fd()}, mode, 0, size);
   } catch (const bip::interprocess_exception& e) {
     return tl::unexpected(boost_error(e, name, "map"));
   }
-  obj.reset();
   const auto* h = static_cast<const shm::SegmentHeader*>(seg->region_->get_address());
   if (h->layout_major != shm::kLayoutMajor) {
     return mismatch(fmt::format("layout {}.{}, this build understands {}.{}", h->layout_major,

@@ -6,6 +6,8 @@
 // object that carries this process's OFD liveness lock.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,6 +51,9 @@ std::string payload_name(std::string_view name);
 /// The config recorded in a segment's header if it is a kvbm segment of this layout (read
 /// without mapping or validating anything else), else nullopt.
 std::optional<shm::ConfigRecord> peek_config(std::string_view name);
+/// True if the object behind `fd` starts with the kvbm magic (a segment of any layout, maybe
+/// damaged or half-created, as opposed to a file that was never a kvbm segment).
+bool has_kvbm_magic(int fd);
 
 enum class Access { kReadWrite, kReadOnly };
 
@@ -69,6 +74,9 @@ class Segment {
   Segment& operator=(const Segment&) = delete;
 
   int fd() const { return fd_; }
+  /// Owner and mode of the shm object when it was opened (who may attach: DESIGN.md 12).
+  uid_t owner_uid() const { return owner_uid_; }
+  const struct stat& object_status() const { return object_status_; }
   /// Forget the fd without closing it (a fork child's copy was already closed).
   void abandon_fd() { fd_ = -1; }
   const SegmentConfig& config() const { return config_; }
@@ -100,6 +108,8 @@ class Segment {
 
   SegmentConfig config_;
   int fd_ = -1;
+  uid_t owner_uid_ = 0;
+  struct stat object_status_ {};
   std::unique_ptr<boost::interprocess::mapped_region> region_;
   std::unique_ptr<boost::interprocess::mapped_region> payload_region_;
   std::uint32_t index_capacity_ = 0;

@@ -7,8 +7,10 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,10 +34,12 @@
 
 #include "kvbm/kvbm.hpp"
 
+#include "segment/segment.hpp"
 #include "shm/control.hpp"
 #include "shm/header.hpp"
 #include "shm/layout.hpp"
 #include "shm/slot.hpp"
+#include "store/block_store.hpp"
 #include "support/temp_segment.hpp"
 #include "testing/hooks.hpp"
 
@@ -366,13 +370,13 @@ TEST_CASE("create / info --json / destroy round trip", "[ctl]") {
   const auto& name = seg.name();
   {
     CTL_EXPECT(r, 0, "create", name, "--blocks", "128", "--eviction", "lru", "--duplication",
-               "reject", "--bytes-per-block", "64", "--mode", "0640");
+               "reject", "--bytes-per-block", "64", "--mode", "0660");
   }
   struct stat st {};
   REQUIRE(::stat(shm_path(name).c_str(), &st) == 0);
-  CHECK((st.st_mode & 0777) == 0640);
+  CHECK((st.st_mode & 0777) == 0660);
   REQUIRE(::stat(shm_path(name + ".payload").c_str(), &st) == 0);
-  CHECK((st.st_mode & 0777) == 0640);
+  CHECK((st.st_mode & 0777) == 0660);
   CHECK(st.st_size >= 128 * 64);
   {
     CTL_EXPECT(r, 0, "info", name, "--json");
@@ -1552,4 +1556,188 @@ TEST_CASE("seeded random corruption: repair never crashes or hangs", "[ctl][fuzz
   CHECK(ran >= 30);
   INFO(fmt::format("{}", fmt::join(failures, "\n")));
   CHECK(failures.empty());
+}
+
+// --- untrusted names (DESIGN.md section 12) ------------------------------------------------------
+
+namespace {
+
+bool exists_no_follow(const std::string& name) {
+  struct stat st {};
+  return ::lstat(shm_path(name).c_str(), &st) == 0;
+}
+
+void make_unix_socket(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  REQUIRE(path.size() < sizeof(addr.sun_path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  ::close(fd);
+}
+
+}  // namespace
+
+// BUG (reported): a FIFO named like a segment made list, info and destroy hang forever.
+TEST_CASE("a FIFO, socket, directory or symlink named like a segment: exit 4, never a hang",
+          "[ctl]") {
+  TempSegment target("ctl-lnk");
+  { CTL_EXPECT(r, 0, "create", target.name(), "--blocks", "8"); }
+  const std::string name = fmt::format("ctl-obj-{}", ::getpid());
+  const std::string path = shm_path(name);
+  SECTION("FIFO") {
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+  }
+  SECTION("socket") {
+    make_unix_socket(path);
+  }
+  SECTION("directory") {
+    REQUIRE(::mkdir(path.c_str(), 0700) == 0);
+  }
+  SECTION("symlink to a real segment") {
+    REQUIRE(::symlink(shm_path(target.name()).c_str(), path.c_str()) == 0);
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{{"info", name},
+                                                                {"info", name, "--json"},
+                                                                {"verify", name},
+                                                                {"dump", name},
+                                                                {"processes", name},
+                                                                {"metrics", name},
+                                                                {"repair", name},
+                                                                {"destroy", name},
+                                                                {"destroy", name, "--force"}}) {
+    const Run r = run_ctl(args, 5);
+    INFO(describe(args, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "not a kvbm segment"));
+  }
+  CHECK(exists_no_follow(name));
+  {
+    const Run r = run_ctl({"list", "--json"}, 5);
+    INFO(describe({"list", "--json"}, r));
+    REQUIRE_FALSE(r.timed_out);
+    REQUIRE(r.code == 0);
+    for (const auto& e : parse_json(r)) {
+      CHECK(e.at("name") != name);
+    }
+  }
+  if (::rmdir(path.c_str()) != 0) {
+    ::unlink(path.c_str());
+  }
+  // The symlink's target is untouched.
+  CTL_EXPECT(v, 0, "verify", target.name());
+}
+
+// BUG (reported): destroy without --force removed empty files and garbage.
+TEST_CASE("destroy without --force refuses an object that is not a kvbm segment", "[ctl]") {
+  const std::string name = fmt::format("ctl-notours-{}", ::getpid());
+  std::vector<unsigned char> bytes;
+  SECTION("empty file") {}
+  SECTION("garbage") {
+    bytes.assign(4096, 0);
+    std::mt19937_64 rng(7);
+    for (auto& b : bytes) {
+      b = static_cast<unsigned char>(rng() | 1);
+    }
+  }
+  SECTION("zeros") {
+    bytes.assign(4096, 0);
+  }
+  write_new_file(name, bytes);
+  {
+    const Run r = run_ctl({"destroy", name}, 5);
+    INFO(describe({"destroy", name}, r));
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.code == 4);
+    CHECK(contains(r.err, "not a kvbm segment"));
+    CHECK(contains(r.err, "--force"));
+  }
+  CHECK(exists_no_follow(name));
+  { CTL_EXPECT(r, 0, "destroy", name, "--force"); }
+  CHECK_FALSE(exists_no_follow(name));
+}
+
+// BUG (reported): destroy X.payload removed a live segment's payload, and a segment could be
+// created as X.payload (then hidden by list).
+TEST_CASE("payload names: never destroyed by name, never created", "[ctl]") {
+  TempSegment seg("ctl-plname");
+  auto c = seg.config(8);
+  c.bytes_per_block = 64;
+  auto m = seg.create(c);
+  const std::string pname = seg.name() + ".payload";
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"destroy", pname}, {"destroy", pname, "--force"}, {"info", pname}}) {
+    const Run r = run_ctl(args, 5);
+    INFO(describe(args, r));
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, ".payload"));
+  }
+  CHECK(exists_no_follow(pname));
+  auto blocks = m->allocate_blocks(1);
+  REQUIRE(blocks);
+  (*blocks)[0].data()[0] = std::byte{42};
+  {
+    const std::string other = fmt::format("ctl-x-{}.payload", ::getpid());
+    const Run r = run_ctl({"create", other, "--blocks", "8"}, 5);
+    INFO(describe({"create", other}, r));
+    CHECK(r.code == 2);
+    CHECK_FALSE(exists_no_follow(other));
+  }
+}
+
+TEST_CASE("create --mode accepts 0600, 0660, 0666 only", "[ctl]") {
+  TempSegment seg("ctl-mode");
+  for (const char* mode : {"0644", "0640", "0700", "0604"}) {
+    const Run r = run_ctl({"create", seg.name(), "--blocks", "8", "--mode", mode}, 5);
+    INFO(describe({"create", seg.name(), "--mode", mode}, r));
+    CHECK(r.code == 2);
+    CHECK(contains(r.err, "permissions"));
+    CHECK_FALSE(exists_no_follow(seg.name()));
+  }
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "8", "--mode", "0666"); }
+}
+
+// BUG (reported): a corrupted magic made destroy --force leak the .payload.
+TEST_CASE("destroy --force of a segment with damaged magic removes its payload", "[ctl]") {
+  TempSegment seg("ctl-badmagic");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "8", "--bytes-per-block", "64"); }
+  const std::uint64_t garbage = 0x1122334455667788ull;
+  write_at(shm_path(seg.name()), 0, &garbage, sizeof(garbage));
+  {
+    const Run r = run_ctl({"destroy", seg.name()}, 5);
+    INFO(describe({"destroy", seg.name()}, r));
+    CHECK(r.code == 4);  // no longer recognisably ours: only with --force
+  }
+  CHECK(exists_no_follow(seg.name() + ".payload"));
+  { CTL_EXPECT(r, 0, "destroy", seg.name(), "--force"); }
+  CHECK_FALSE(exists_no_follow(seg.name()));
+  CHECK_FALSE(exists_no_follow(seg.name() + ".payload"));
+}
+
+// BUG (reported): a creator killed mid-create left a segment only destroy --force removed.
+TEST_CASE("a creator killed mid-create: info says corrupted, destroy removes it", "[ctl]") {
+  TempSegment seg("ctl-midcreate");
+  auto c = seg.config(64);
+  c.bytes_per_block = 64;
+  Child creator([c] {
+    auto s = kvbm::detail::Segment::create(c, [](kvbm::detail::Segment& sg) {
+      kvbm::detail::BlockStore::init_regions(sg);
+      ::raise(SIGKILL);
+    });
+    return s ? 1 : 2;
+  });
+  REQUIRE(creator.wait() == 128 + SIGKILL);
+  {
+    const Run r = run_ctl({"info", seg.name()}, 5);
+    INFO(describe({"info", seg.name()}, r));
+    CHECK(r.code == 1);
+    CHECK(contains(r.err, "corrupted"));
+    CHECK(r.seconds < 1.5);
+  }
+  { CTL_EXPECT(r, 0, "destroy", seg.name()); }
+  CHECK_FALSE(exists_no_follow(seg.name()));
+  CHECK_FALSE(exists_no_follow(seg.name() + ".payload"));
 }

@@ -1,14 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
-// kvbm-ctl destroy NAME [--force]: unlinks a segment (and its payload); refuses while live
-// processes are attached unless --force.
+// kvbm-ctl destroy NAME [--force]: unlinks a segment (and its payload). Without --force it
+// refuses while live processes are attached and refuses an object that is not a kvbm segment;
+// it never removes a payload object by its own name, nor anything that is not a regular file.
 #include <fmt/format.h>
 
 #include "common.hpp"
+#include "segment/shm_object.hpp"
 
 namespace kvbm::ctl {
 namespace {
 
 int run_destroy(const std::string& name, bool force) {
+  // A payload object is removed with its segment, never by its own name (exit 2).
+  if (auto ok = validate_segment_name(name); !ok) {
+    return fail(ok.error());
+  }
+  // Not found (3), or not a regular file (4): nothing is opened for blocking I/O or removed.
+  auto obj = d::ShmObject::open(name, d::ShmObject::Mode::kReadOnly);
+  if (!obj && !(force && obj.error().code == Errc::kPermissionDenied)) {
+    return fail(obj.error());
+  }
+  const bool has_magic = obj && d::has_kvbm_magic(obj->fd());
   auto seg = open_ro(name);
   if (seg) {
     const std::size_t live = live_processes(d::list_processes(**seg));
@@ -19,14 +31,22 @@ int run_destroy(const std::string& name, bool force) {
                  live, name);
       return kProblems;
     }
-  } else if (seg.error().code == Errc::kNotFound) {
-    return fail(seg.error());
-  } else if (!force &&
-             (seg.error().code == Errc::kLayoutMismatch || d::count_live_attachments(name) > 0)) {
-    // Not a kvbm segment of this layout, or a damaged one that live processes still use.
-    fmt::print(stderr, "kvbm-ctl: {}\nkvbm-ctl: refusing to remove it without --force\n",
-               seg.error().message);
-    return exit_code_for(seg.error());
+  } else if (!force) {
+    if (!has_magic) {
+      // An empty file, garbage or another program's object: not ours to remove.
+      fmt::print(stderr,
+                 "kvbm-ctl: '/dev/shm/{}' is not a kvbm segment ({}); refusing to remove it "
+                 "without --force\n",
+                 name, seg.error().message);
+      return kLayout;
+    }
+    if (seg.error().code == Errc::kLayoutMismatch || d::count_live_attachments(name) > 0) {
+      // A kvbm segment of another layout, or a damaged one that live processes still use.
+      fmt::print(stderr, "kvbm-ctl: {}\nkvbm-ctl: refusing to remove it without --force\n",
+                 seg.error().message);
+      return exit_code_for(seg.error());
+    }
+    // A damaged segment (a creator killed mid-create included) that nobody uses: removed.
   }
   auto done = BlockManager::destroy(name);
   if (!done) {
@@ -48,7 +68,9 @@ Command add_destroy(CLI::App& app) {
                                      "Unlink a segment (and its payload).\n  "
                                      "example: kvbm-ctl destroy kv-gpu0");
   destroy->add_option("NAME", o->name, "segment name")->required();
-  destroy->add_flag("--force", o->force, "destroy even while live processes are attached");
+  destroy->add_flag("--force", o->force,
+                    "destroy even while live processes are attached, or an object that is not\n"
+                    "(or no longer recognisably) a kvbm segment");
   return {destroy, [o] { return run_destroy(o->name, o->force); }};
 }
 

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "common.hpp"
+#include "segment/shm_object.hpp"
 
 namespace kvbm::ctl {
 namespace {
@@ -26,14 +27,9 @@ int run_list(bool as_json) {
     if (n == "." || n == ".." || n.ends_with(".payload")) {
       continue;
     }
-    int fd = ::open(("/dev/shm/" + n).c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      continue;
-    }
-    std::uint64_t magic = 0;
-    const bool is_kvbm = ::pread(fd, &magic, 8, 0) == 8 && magic == shm::kMagic;
-    ::close(fd);
-    if (is_kvbm) {
+    // Never a blocking open: a FIFO or socket here is skipped, not waited on.
+    auto obj = d::ShmObject::open(n, d::ShmObject::Mode::kReadOnly);
+    if (obj && d::has_kvbm_magic(obj->fd())) {
       names.push_back(n);
     }
   }
