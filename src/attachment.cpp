@@ -13,6 +13,7 @@
 
 #include "segment/liveness.hpp"
 #include "segment/processes.hpp"
+#include "store/reaping.hpp"
 
 namespace kvbm::detail {
 
@@ -209,39 +210,15 @@ void Attachment::release_holder(std::uint32_t slot) noexcept {
 
 std::size_t Attachment::reap_dead_processes() {
   check_fork();
-  const int fd = seg_->fd();
-  const std::uint32_t max = seg_->max_processes();
-  auto* procs = seg_->procs();
-  std::size_t reaped = 0;
   {
     // Entry states are read below without the lock: first let a pending crash recovery run, so
     // an entry whose release was rolled back is seen as in use.
     Lock settle = lock();
   }
-  for (std::uint32_t q = 0; q < max; ++q) {
-    if (q == me_ || procs[q].state.load(std::memory_order_acquire) ==
-                        static_cast<std::uint32_t>(shm::ProcState::kFree)) {
-      continue;
-    }
-    // Winning the byte proves the owner is dead and keeps other reapers and attachers out.
-    if (!ofd_try_lock(fd, shm::kLivenessLockBase + q)) {
-      continue;
-    }
-    try {
-      Lock l = lock();
-      if (procs[q].state.load(std::memory_order_relaxed) !=
-          static_cast<std::uint32_t>(shm::ProcState::kFree)) {
-        BlockStore::Txn txn(*store_, std::move(l), shm::IntentOp::kReap, me_);
-        store_->reap(txn, q);
-        ++reaped;
-      }
-    } catch (...) {
-      ofd_unlock(fd, shm::kLivenessLockBase + q);
-      throw;
-    }
-    ofd_unlock(fd, shm::kLivenessLockBase + q);
-  }
-  return reaped;
+  return reap_dead_entries(*seg_, me_, [this](std::uint32_t entry) {
+    Lock l = lock();
+    return reap_entry_locked(*store_, l, entry, me_);
+  });
 }
 
 void Attachment::drop_liveness_for_test() {

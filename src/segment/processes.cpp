@@ -16,10 +16,11 @@ std::vector<std::string> dead_process_problems(const Segment& segment, std::uint
   std::vector<std::string> problems;
   for (const ProcessView& p : list_processes(segment)) {
     if (!p.alive && p.index != skip) {
-      problems.push_back(
-          fmt::format("process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} "
-                      "mutable/staged, {} registered); run reap or 'kvbm-ctl repair'",
-                      p.index, p.pid, p.exclusive + p.held, p.exclusive, p.held));
+      problems.push_back(fmt::format(
+          "process entry {} (pid {}) is dead but not reaped: it holds {} blocks ({} "
+          "mutable/staged, {} registered); run 'kvbm-ctl reap {}' (safe beside "
+          "live workers)",
+          p.index, p.pid, p.exclusive + p.held, p.exclusive, p.held, segment.config().name));
     }
   }
   return problems;

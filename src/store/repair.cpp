@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "segment/liveness.hpp"
+#include "store/reaping.hpp"
 
 namespace kvbm::detail {
 
@@ -38,6 +39,30 @@ void reinit_store_mutex(Segment& seg) {
   seg.header()->init_state.store(static_cast<std::uint32_t>(shm::InitState::kReady));
 }
 
+std::size_t reap_dead_locked(Segment& seg,
+                             BlockStore& store,
+                             const StoreLock& held,
+                             const std::vector<ProcessView>& procs,
+                             std::vector<std::string>& actions) {
+  return reap_dead_entries(seg, shm::kNil, [&](std::uint32_t entry) {
+    if (!reap_entry_locked(store, held, entry, shm::kNil)) {
+      return false;
+    }
+    const ProcessView* seen = nullptr;
+    for (const auto& p : procs) {
+      seen = p.index == entry ? &p : seen;
+    }
+    actions.push_back(
+        seen != nullptr
+            ? fmt::format(
+                  "released process entry {} (pid {}): {} mutable/staged and {} registered blocks",
+                  entry, seen->pid, seen->exclusive, seen->held)
+            : fmt::format("released process entry {} (pid {})", entry,
+                          seg.procs()[entry].pid.load(std::memory_order_relaxed)));
+    return true;
+  });
+}
+
 void repair_locked(Segment& seg,
                    BlockStore& store,
                    const StoreLock& held,
@@ -66,19 +91,7 @@ void repair_locked(Segment& seg,
     BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
     store.sanitize(txn, actions);
   }
-  for (const auto& p : procs) {
-    if (p.alive || !ofd_try_lock(seg.fd(), shm::kLivenessLockBase + p.index)) {
-      continue;  // alive, or a new attacher took the entry since the probe
-    }
-    actions.push_back(fmt::format(
-        "released process entry {} (pid {}): {} mutable/staged and {} registered blocks", p.index,
-        p.pid, p.exclusive, p.held));
-    {
-      BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
-      store.reap(txn, p.index);
-    }
-    ofd_unlock(seg.fd(), shm::kLivenessLockBase + p.index);
-  }
+  reap_dead_locked(seg, store, held, procs, actions);
   {
     BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, shm::kNil);
     store.sanitize(txn, actions);

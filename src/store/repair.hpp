@@ -29,6 +29,15 @@ void repair_locked(Segment& segment,
                    const std::vector<ProcessView>& procs,
                    std::vector<std::string>& actions);
 
+/// Under the store mutex (`held`): releases every dead process entry (the shared reaping of
+/// store/reaping.hpp), one line per entry in `actions` (what it held, from `procs` when the
+/// entry was seen there). Safe beside live workers. Returns how many.
+std::size_t reap_dead_locked(Segment& segment,
+                             BlockStore& store,
+                             const StoreLock& held,
+                             const std::vector<ProcessView>& procs,
+                             std::vector<std::string>& actions);
+
 /// Re-initialises the store mutex of a poisoned segment and marks it ready. Only safe when no
 /// live process can be inside the mutex (the caller checked, or the operator forced it).
 void reinit_store_mutex(Segment& segment);

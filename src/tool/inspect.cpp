@@ -103,6 +103,22 @@ std::size_t live_processes(const std::vector<ProcessView>& procs) {
 
 }  // namespace
 
+Result<std::vector<std::string>> reap_segment(std::string_view name) {
+  auto session = ToolSession::open(name, Access::kReadWrite);
+  if (!session) {
+    return tl::unexpected(session.error());
+  }
+  auto& seg = (*session)->segment();
+  const auto procs = list_processes(seg);
+  std::vector<std::string> actions;
+  if (auto ok = (*session)->lock(std::chrono::milliseconds(2000), actions); !ok) {
+    return tl::unexpected(ok.error());
+  }
+  reap_dead_locked(seg, (*session)->store(), *(*session)->held(), procs, actions);
+  (*session)->unlock();
+  return actions;
+}
+
 Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force) {
   if (dry_run) {
     auto session = ToolSession::open(name, Access::kReadOnly);
@@ -155,6 +171,29 @@ Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool fo
   }
   for (auto& n : notes) {
     report.actions.push_back(std::move(n));
+  }
+  if (live > 0 && !force) {
+    // Live workers may be using any slot or structure: only reaping (and the recovery the lock
+    // just ran, which any worker would have run) is safe beside them.
+    std::vector<std::string> problems;
+    store.verify(problems);
+    const bool armed = (seg.control()->intent.seq.load() & 1) != 0;
+    if (!problems.empty() || armed) {
+      const std::string what = armed ? "an operation is half-done under a healthy lock"
+                                     : fmt::format("{} problem(s) beyond dead processes, first: {}",
+                                                   problems.size(), problems.front());
+      return tl::unexpected(Error{
+          Errc::kBlocksInUse, 0,
+          fmt::format("{} live process(es) are attached and repairing needs more than reaping "
+                      "({}); fixing slots or rebuilding structures under running workers could "
+                      "break what they hold: stop them, or use --force. Dead processes alone are "
+                      "released safely with 'kvbm-ctl reap {}'",
+                      live, what, seg.config().name)});
+    }
+    reap_dead_locked(seg, store, *(*session)->held(), procs, report.actions);
+    (*session)->unlock();
+    report.remaining = verify_segment(**session);
+    return report;
   }
   repair_locked(seg, store, *(*session)->held(), procs, report.actions);
   (*session)->unlock();

@@ -47,6 +47,11 @@ class ToolSession {
 /// Every problem: structural invariants (under the lock) and dead-but-unreaped entries.
 std::vector<std::string> verify_segment(ToolSession& session);
 
+/// `kvbm-ctl reap`: under the store mutex (bounded wait; recovers a dead holder's operation
+/// first), releases every dead process entry with the library's own reaping. Safe beside live
+/// workers. Returns one line per thing done (empty: nothing to reap).
+[[nodiscard]] Result<std::vector<std::string>> reap_segment(std::string_view name);
+
 struct RepairReport {
   std::vector<std::string> actions;    // what was (or, dry run, would be) done
   std::vector<std::string> remaining;  // problems verify still finds afterwards
@@ -54,8 +59,10 @@ struct RepairReport {
 
 /// Recovers an interrupted operation, reaps dead processes, fixes slots that cannot be right
 /// (never promoting Mutable/Staged to cached states), rebuilds derived structures, re-verifies.
-/// A poisoned segment (unrecoverable mutex) is repaired only when no live process is attached
-/// or `force` is set.
+/// Beside live workers (without `force`) it only reaps dead processes and recovers a dead lock
+/// holder's operation, which workers do themselves; anything more (damaged slots or structures,
+/// a poisoned segment) would change what live workers are using, and is refused (kBlocksInUse,
+/// saying what and why) unless no live process is attached or `force` is set.
 [[nodiscard]] Result<RepairReport> repair_segment(std::string_view name, bool dry_run, bool force);
 
 }  // namespace kvbm::detail

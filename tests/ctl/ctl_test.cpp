@@ -589,6 +589,23 @@ TEST_CASE("a SIGKILLed worker: processes shows it dead, verify fails, repair rel
     CTL_EXPECT(r, 1, "verify", seg.name());
     CHECK(contains(lower(r.out), "dead"));
     CHECK(contains(r.out, std::to_string(dead_pid)));
+    // BUG (reported): verify suggested a reap subcommand that did not exist.
+    CHECK(contains(r.out, "kvbm-ctl reap " + seg.name()));
+  }
+  {
+    // BUG (reported): list said "ok" for a segment with a dead, unreaped process.
+    CTL_EXPECT(r, 0, "list", "--json");
+    bool found = false;
+    for (const auto& e : parse_json(r)) {
+      if (e.at("name") == seg.name()) {
+        found = true;
+        CHECK(e.at("status") == "dead_processes");
+        CHECK(e.at("dead_processes") == 1);
+      }
+    }
+    CHECK(found);
+    CTL_EXPECT(t, 0, "list");
+    CHECK(contains(t.out, "dead processes (1)"));  // this segment's line (others have none)
   }
   const auto mid = m->counts();
   CHECK(mid.mutable_ == counts_before.mutable_ + 2);
@@ -612,19 +629,24 @@ TEST_CASE("a SIGKILLed worker: processes shows it dead, verify fails, repair rel
     CHECK(metrics_of(seg.name()) == metrics_before);
     CTL_EXPECT(v, 1, "verify", seg.name());
   }
-  SECTION("repair refuses while this live process is attached, --force repairs") {
+  // BUG (reported): repair refused without --force whenever any worker was alive, although
+  // reaping is safe beside live workers. Now: repair (no --force), repair --force and reap all
+  // release the dead worker and leave this live process's blocks alone.
+  std::vector<std::string> release;
+  SECTION("repair beside this live process reaps without --force") {
+    release = {"repair", seg.name()};
+  }
+  SECTION("repair --force beside this live process") {
+    release = {"repair", seg.name(), "--force"};
+  }
+  SECTION("kvbm-ctl reap beside this live process") {
+    release = {"reap", seg.name()};
+  }
+  if (!release.empty()) {
     {
-      CTL_EXPECT(r, 1, "repair", seg.name());
-      CHECK(contains(r.err, "live"));
-      CHECK(contains(r.err, "--force"));
-    }
-    {
-      CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
-      CHECK(d.out == dump_before);
-      CTL_EXPECT(v, 1, "verify", seg.name());
-    }
-    {
-      CTL_EXPECT(r, 0, "repair", seg.name(), "--force");
+      const Run r = run_ctl(release);
+      INFO(describe(release, r));
+      REQUIRE(r.code == 0);
       CHECK(contains(r.out, std::to_string(dead_pid)));
     }
     { CTL_EXPECT(v, 0, "verify", seg.name()); }
@@ -640,6 +662,15 @@ TEST_CASE("a SIGKILLed worker: processes shows it dead, verify fails, repair rel
     CHECK(mt.at("attached_processes") == 1);
     CTL_EXPECT(p, 0, "processes", seg.name());
     CHECK_FALSE(contains(p.out, "DEAD"));
+    // Idempotent: nothing left to reap.
+    CTL_EXPECT(again, 0, "reap", seg.name());
+    CHECK(contains(again.out, "no dead process"));
+    CTL_EXPECT(l, 0, "list", "--json");
+    for (const auto& e : parse_json(l)) {
+      if (e.at("name") == seg.name()) {
+        CHECK(e.at("status") == "ok");
+      }
+    }
   }
   SECTION("with no live process attached, repair needs no --force") {
     own = kvbm::ImmutableBlock();
@@ -1740,4 +1771,99 @@ TEST_CASE("a creator killed mid-create: info says corrupted, destroy removes it"
   { CTL_EXPECT(r, 0, "destroy", seg.name()); }
   CHECK_FALSE(exists_no_follow(seg.name()));
   CHECK_FALSE(exists_no_follow(seg.name() + ".payload"));
+}
+
+// Repair beside live workers does only what is safe there; anything more needs --force and the
+// refusal says why (defect 7).
+TEST_CASE("repair beside a live worker refuses to fix damaged slots without --force", "[ctl]") {
+  TempSegment seg("ctl-repairlive");
+  auto cfg = seg.config(32);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  auto m = seg.create(cfg);
+  const auto slots = region_of(seg.name(), kvbm::shm::kRegionSlots);
+  const std::uint8_t bad_state = 0xEE;
+  write_at(shm_path(seg.name()),
+           slots.offset + 5 * sizeof(kvbm::shm::SlotMeta) + offsetof(kvbm::shm::SlotMeta, state),
+           &bad_state, sizeof(bad_state));
+  { CTL_EXPECT(v, 1, "verify", seg.name()); }
+  std::string dump_before;
+  {
+    CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+    dump_before = d.out;
+  }
+  {
+    CTL_EXPECT(r, 1, "repair", seg.name());
+    CHECK(contains(r.err, "live"));
+    CHECK(contains(r.err, "--force"));
+    CHECK(contains(r.err, "kvbm-ctl reap"));
+  }
+  {
+    CTL_EXPECT(d, 0, "dump", seg.name(), "--json");
+    CHECK(d.out == dump_before);
+  }
+  { CTL_EXPECT(r, 0, "repair", seg.name(), "--force"); }
+  { CTL_EXPECT(v, 0, "verify", seg.name()); }
+  CHECK(m->verify().empty());
+}
+
+TEST_CASE("reap: a missing segment exits 3, a healthy one has nothing to reap", "[ctl]") {
+  TempSegment seg("ctl-reap");
+  { CTL_EXPECT(r, 3, "reap", seg.name()); }
+  auto m = seg.create(8);
+  auto held = m->allocate_blocks(2);
+  REQUIRE(held);
+  CTL_EXPECT(r, 0, "reap", seg.name());
+  CHECK(contains(r.out, "no dead process"));
+  CHECK(m->counts().mutable_ == 2);
+}
+
+TEST_CASE("list --all shows other objects as not a kvbm segment and list shows damaged ones",
+          "[ctl]") {
+  TempSegment seg("ctl-listall");
+  { CTL_EXPECT(r, 0, "create", seg.name(), "--blocks", "8"); }
+  const std::string fifo = fmt::format("ctl-listfifo-{}", ::getpid());
+  const std::string junk = fmt::format("ctl-listjunk-{}", ::getpid());
+  REQUIRE(::mkfifo(shm_path(fifo).c_str(), 0600) == 0);
+  write_new_file(junk, std::vector<unsigned char>(64, 0x5A));
+  // A damaged segment is listed with its verdict, never hidden.
+  const std::uint16_t major = kvbm::shm::kLayoutMajor + 3;
+  TempSegment other("ctl-listother");
+  { CTL_EXPECT(r, 0, "create", other.name(), "--blocks", "8"); }
+  write_at(shm_path(other.name()), offsetof(kvbm::shm::SegmentHeader, layout_major), &major,
+           sizeof(major));
+  auto status_of = [](const json& arr, const std::string& n) -> std::string {
+    for (const auto& e : arr) {
+      if (e.at("name") == n) {
+        return e.at("status").get<std::string>();
+      }
+    }
+    return "(absent)";
+  };
+  {
+    const Run r = run_ctl({"list", "--json"}, 5);
+    INFO(describe({"list", "--json"}, r));
+    REQUIRE(r.code == 0);
+    const json arr = parse_json(r);
+    CHECK(status_of(arr, seg.name()) == "ok");
+    CHECK(status_of(arr, other.name()) == "layout_mismatch");
+    CHECK(status_of(arr, fifo) == "(absent)");
+    CHECK(status_of(arr, junk) == "(absent)");
+  }
+  {
+    const Run r = run_ctl({"list", "--all", "--json"}, 5);
+    INFO(describe({"list", "--all", "--json"}, r));
+    REQUIRE(r.code == 0);
+    const json arr = parse_json(r);
+    CHECK(status_of(arr, fifo) == "not_a_segment");
+    CHECK(status_of(arr, junk) == "not_a_segment");
+    CHECK(status_of(arr, seg.name()) == "ok");
+  }
+  {
+    const Run r = run_ctl({"list", "--all"}, 5);
+    INFO(describe({"list", "--all"}, r));
+    REQUIRE(r.code == 0);
+    CHECK(contains(r.out, "not a kvbm segment (FIFO)"));
+  }
+  ::unlink(shm_path(fifo).c_str());
+  ::unlink(shm_path(junk).c_str());
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // kvbm-ctl repair NAME [--dry-run] [--force]: recovers an interrupted operation, releases dead
-// processes' blocks and rebuilds the indexes, so that verify passes afterwards.
+// processes' blocks and rebuilds the indexes, so that verify passes afterwards. Beside live
+// workers it does only what is safe there (reaping, recovery) and otherwise refuses without
+// --force, saying why.
 #include <fmt/format.h>
 
 #include "common.hpp"
@@ -10,20 +12,6 @@ namespace kvbm::ctl {
 namespace {
 
 int run_repair(const std::string& name, bool dry_run, bool force) {
-  {
-    auto seg = open_ro(name);
-    if (!seg) {
-      return fail(seg.error());
-    }
-    const std::size_t live = live_processes(d::list_processes(**seg));
-    if (live > 0 && !force && !dry_run) {
-      fmt::print(stderr,
-                 "kvbm-ctl: {} live process(es) are attached to '{}'; repair while they run only "
-                 "with --force (dead processes are also reaped by the workers themselves)\n",
-                 live, name);
-      return kProblems;
-    }
-  }
   auto report = d::repair_segment(name, dry_run, force);
   if (!report) {
     return fail(report.error());
@@ -61,7 +49,9 @@ Command add_repair(CLI::App& app) {
       "indexes; verify passes afterwards.\n  example: kvbm-ctl repair kv-gpu0 --dry-run");
   repair->add_option("NAME", o->name, "segment name")->required();
   repair->add_flag("--dry-run", o->dry_run, "only say what would be done");
-  repair->add_flag("--force", o->force, "repair even while live processes are attached");
+  repair->add_flag("--force", o->force,
+                   "also fix damaged slots and structures while live processes are attached\n"
+                   "(without it, repair beside live workers only reaps dead processes)");
   return {repair, [o] { return run_repair(o->name, o->dry_run, o->force); }};
 }
 

@@ -29,6 +29,7 @@ std::vector<Command> add_commands(CLI::App& app) {
   KVBM_CTL_COMMAND(processes);
   KVBM_CTL_COMMAND(verify);
   KVBM_CTL_COMMAND(repair);
+  KVBM_CTL_COMMAND(reap);
   KVBM_CTL_COMMAND(metrics);
   KVBM_CTL_COMMAND(list);
   KVBM_CTL_COMMAND(destroy);
