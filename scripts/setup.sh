@@ -11,6 +11,7 @@ PACKAGES=(
   pybind11-dev python3-dev python3-pytest python3-numpy            # Python package (section 9)
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev python3-zmq python3-msgpack   # KV events (section 10)
   prometheus-cpp-dev prometheus                                    # metrics endpoint, promtool
+  pkg-config                                                       # tests of the installed kvbm.pc
   "$@"
 )
 

@@ -8,3 +8,4 @@
 #include "kvbm/error.hpp"
 #include "kvbm/metrics.hpp"
 #include "kvbm/sequence_hash.hpp"
+#include "kvbm/version.hpp"

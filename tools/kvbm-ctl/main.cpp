@@ -46,6 +46,8 @@ int main(int argc, char** argv) {
       "kvbm-ctl: inspect, verify and repair kvbm shared-memory KV-cache segments.\n"
       "Exit codes: 0 ok, 1 problems found or operation failed, 2 usage error,\n"
       "3 segment not found, 4 layout mismatch."};
+  app.set_version_flag("--version", fmt::format("kvbm-ctl {}", kvbm::version()),
+                       "print the kvbm version and exit");
   app.require_subcommand(1);
   const std::vector<Command> commands = add_commands(app);
   try {
