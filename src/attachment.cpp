@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "log.hpp"
 #include "segment/liveness.hpp"
 #include "segment/processes.hpp"
 #include "store/reaping.hpp"
@@ -79,17 +80,24 @@ Result<std::shared_ptr<Attachment>> Attachment::attach(std::unique_ptr<Segment> 
       if (!ofd_try_lock(fd, shm::kLivenessLockBase + q)) {
         continue;  // held by a live attachment (maybe a reaper probing it)
       }
-      Lock l = att->lock_unfenced();
-      auto& store = *att->store_;
-      if (procs[q].state.load(std::memory_order_relaxed) !=
-          static_cast<std::uint32_t>(shm::ProcState::kFree)) {
-        // Its owner died without detaching: release what it held before taking the entry over.
-        BlockStore::Txn txn(store, l, BlockStore::KeepLock{}, shm::IntentOp::kReap, q);
-        store.reap(txn, q);
+      std::optional<DeadEntry> dead;
+      {
+        Lock l = att->lock_unfenced();
+        auto& store = *att->store_;
+        if (procs[q].state.load(std::memory_order_relaxed) !=
+            static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+          // Its owner died without detaching: release what it held before taking the entry over.
+          dead = DeadEntry{q, procs[q].pid.load(std::memory_order_relaxed), 0};
+          BlockStore::Txn txn(store, l, BlockStore::KeepLock{}, shm::IntentOp::kReap, q);
+          dead->released = store.reap(txn, q);
+        }
+        att->incarnation_ =
+            store.claim_process(l, q, ::getpid(), self_start_ticks(), self_pidns_inode());
+        att->me_ = q;
       }
-      att->incarnation_ =
-          store.claim_process(l, q, ::getpid(), self_start_ticks(), self_pidns_inode());
-      att->me_ = q;
+      if (dead) {
+        att->log_reaped(*dead, "before taking its process entry over");
+      }
       return att;
     }
   } catch (const SegmentError& e) {
@@ -141,7 +149,16 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
       break;
     case shm::LockStatus::kOwnerDead: {
       const std::vector<std::string> problems = store_->recover_or_poison();
-      if (!problems.empty()) {
+      if (problems.empty()) {
+        // Reported while the mutex is held (the caller goes on to its operation under it).
+        log(LogLevel::kWarning,
+            "segment '{}': recovered after a process died holding the store lock: {}",
+            config().name, store_->last_recovery().describe());
+      } else {
+        log(LogLevel::kError,
+            "segment '{}': recovery after a crash failed ({}); the segment is poisoned until "
+            "'kvbm-ctl repair {}'",
+            config().name, problems.front(), config().name);
         throw segment_error(
             Errc::kCorrupted,
             fmt::format("segment '{}': recovery after a crash failed ({}{}); the segment is "
@@ -154,6 +171,10 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
     }
     case shm::LockStatus::kNotRecoverable:
       store_->poison();
+      log(LogLevel::kError,
+          "segment '{}': the store mutex is unrecoverable; the segment is poisoned until "
+          "'kvbm-ctl repair {}'",
+          config().name, config().name);
       throw segment_error(Errc::kCorrupted,
                           fmt::format("segment '{}': store mutex is unrecoverable; run "
                                       "'kvbm-ctl repair {}'",
@@ -215,10 +236,27 @@ std::size_t Attachment::reap_dead_processes() {
     // an entry whose release was rolled back is seen as in use.
     Lock settle = lock();
   }
-  return reap_dead_entries(*seg_, me_, [this](std::uint32_t entry) {
+  // Logged after the store mutex is released: the handler is the application's code.
+  std::vector<DeadEntry> reaped;
+  const std::size_t n = reap_dead_entries(*seg_, me_, [this, &reaped](std::uint32_t entry) {
     Lock l = lock();
-    return reap_entry_locked(*store_, l, entry, me_);
+    DeadEntry dead{entry, seg_->procs()[entry].pid.load(std::memory_order_relaxed), 0};
+    const bool done = reap_entry_locked(*store_, l, entry, me_, &dead.released);
+    if (done) {
+      reaped.push_back(dead);
+    }
+    return done;
   });
+  for (const DeadEntry& dead : reaped) {
+    log_reaped(dead, "");
+  }
+  return n;
+}
+
+void Attachment::log_reaped(const DeadEntry& dead, std::string_view context) const {
+  log(LogLevel::kWarning,
+      "segment '{}': reaped dead process {} (process entry {}): released {} block reference(s){}{}",
+      config().name, dead.pid, dead.entry, dead.released, context.empty() ? "" : " ", context);
 }
 
 void Attachment::drop_liveness_for_test() {

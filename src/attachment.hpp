@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string_view>
 
 #include "kvbm/error.hpp"
 
@@ -128,6 +129,13 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
            static_cast<std::uint32_t>(shm::InitState::kPoisoned);
   }
   [[noreturn]] static void throw_forked();
+  /// A dead process's entry that this attachment released, for the log.
+  struct DeadEntry {
+    std::uint32_t entry;
+    std::int32_t pid;
+    std::uint64_t released;  // slots it let go of
+  };
+  void log_reaped(const DeadEntry& dead, std::string_view context) const;
 
   std::unique_ptr<Segment> seg_;
   std::unique_ptr<BlockStore> store_;

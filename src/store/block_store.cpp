@@ -581,7 +581,8 @@ std::uint64_t BlockStore::drain_inactive(Txn&) noexcept {
   return n_ - free_count();
 }
 
-void BlockStore::reap(Txn& txn, std::uint32_t proc, bool detach) noexcept {
+std::uint64_t BlockStore::reap(Txn& txn, std::uint32_t proc, bool detach) noexcept {
+  std::uint64_t released = 0;
   for (std::uint32_t s = 0; s < n_; ++s) {
     auto& m = slots_[s];
     if ((m.state == st(SlotState::kMutable) || m.state == st(SlotState::kStaged)) &&
@@ -589,10 +590,12 @@ void BlockStore::reap(Txn& txn, std::uint32_t proc, bool detach) noexcept {
       checkpoint(2);
       log(s);
       to_reset(s);
+      ++released;
       KVBM_CRASH_POINT("reap.exclusive");
     }
     if ((m.holders & bit(proc)) != 0) {
       release_holder(txn, s, proc);
+      ++released;
       KVBM_CRASH_POINT("reap.holder");
     }
   }
@@ -613,6 +616,7 @@ void BlockStore::reap(Txn& txn, std::uint32_t proc, bool detach) noexcept {
     count(txn, shm::kReapedProcesses);
   }
   KVBM_CRASH_POINT("reap.entry_freed");
+  return released;
 }
 
 void BlockStore::force_reset(Txn&, std::uint32_t slot) noexcept {

@@ -182,8 +182,9 @@ class BlockStore {
   /// returns how many blocks are still in use (not Reset) afterwards.
   std::uint64_t drain_inactive(Txn& txn) noexcept;
   /// Releases everything process entry `proc` holds and frees the entry. A dead process's entry
-  /// counts in kvbm_reaped_processes_total; a clean detach (`detach`) does not.
-  void reap(Txn& txn, std::uint32_t proc, bool detach = false) noexcept;
+  /// counts in kvbm_reaped_processes_total; a clean detach (`detach`) does not. Returns how many
+  /// slots it let go of (Mutable/Staged slots reset plus holder bits cleared).
+  std::uint64_t reap(Txn& txn, std::uint32_t proc, bool detach = false) noexcept;
   /// Claims entry `proc` for a new attachment; returns its new incarnation.
   std::uint64_t claim_process(const StoreLock& held,
                               std::uint32_t proc,
@@ -208,6 +209,16 @@ class BlockStore {
   /// roll back an armed intent, rebuild everything derived, check invariants. Returns the
   /// problems that remain (empty = recovered). Outside any transaction: it is what undoes one.
   std::vector<std::string> recover();
+  /// What the last recover() of this BlockStore found and undid, for the log.
+  struct RecoveryReport {
+    bool rolled_back = false;  // an operation was in progress (the intent was armed)
+    shm::IntentOp op = shm::IntentOp::kNone;
+    std::uint32_t actor = shm::kNil;   // process entry whose operation it was
+    std::uint32_t slots_restored = 0;  // before-images written back
+    bool entry_restored = false;       // a process entry's state was put back too
+    std::string describe() const;      // one sentence for the log
+  };
+  const RecoveryReport& last_recovery() const { return last_recovery_; }
   /// Recover-or-poison, for whoever got EOWNERDEAD (and so holds the mutex): recover(), then make
   /// the mutex consistent; returns an empty list. If either fails, poisons the segment, unlocks
   /// WITHOUT consistent() (the mutex becomes unrecoverable on purpose) and returns the problems
@@ -268,6 +279,7 @@ class BlockStore {
   // A Txn is open (its begin() ran, its commit() has not). Kept only by the checking builds;
   // always a member, so that the layout never depends on NDEBUG.
   bool in_txn_ = false;
+  RecoveryReport last_recovery_;
 };
 
 }  // namespace kvbm::detail

@@ -8,14 +8,18 @@ namespace kvbm::detail {
 bool reap_entry_locked(BlockStore& store,
                        const StoreLock& held,
                        std::uint32_t entry,
-                       std::uint32_t actor) noexcept {
+                       std::uint32_t actor,
+                       std::uint64_t* released) noexcept {
   const auto& e = store.segment().procs()[entry];
   if (e.state.load(std::memory_order_relaxed) ==
       static_cast<std::uint32_t>(shm::ProcState::kFree)) {
     return false;
   }
   BlockStore::Txn txn(store, held, BlockStore::KeepLock{}, shm::IntentOp::kReap, actor);
-  store.reap(txn, entry);
+  const std::uint64_t n = store.reap(txn, entry);
+  if (released != nullptr) {
+    *released = n;
+  }
   return true;
 }
 

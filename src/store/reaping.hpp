@@ -16,11 +16,13 @@ namespace kvbm::detail {
 
 /// Under the store mutex (`held`): releases everything process entry `entry` held, in one
 /// transaction, if the entry is still in use (a racing reaper may have done it). `actor` is the
-/// reaper's own entry, kNil for a tool that is not attached. True if it released the entry.
+/// reaper's own entry, kNil for a tool that is not attached. True if it released the entry;
+/// then `*released` (if given) is how many slots the entry let go of.
 bool reap_entry_locked(BlockStore& store,
                        const StoreLock& held,
                        std::uint32_t entry,
-                       std::uint32_t actor) noexcept;
+                       std::uint32_t actor,
+                       std::uint64_t* released = nullptr) noexcept;
 
 /// For every entry in use other than `skip` whose liveness byte this call wins: calls
 /// `reap(entry)` while holding the byte (the callback takes the store mutex its caller's way, or

@@ -21,10 +21,16 @@ std::vector<std::string> BlockStore::recover() {
   auto& in = ctl_->intent;
   KVBM_CRASH_POINT("recover.start");
   std::uint32_t dead_actor = kNil;
+  last_recovery_ = RecoveryReport{};
   if ((in.seq.load(std::memory_order_relaxed) & 1) != 0) {
     dead_actor = in.actor;
     // g_rollback_enabled is false only in the tests' negative control: disarm without undoing.
     const std::uint32_t count = g_rollback_enabled ? std::min(in.count, shm::kIntentMaxSlots) : 0;
+    last_recovery_.rolled_back = true;
+    last_recovery_.op = static_cast<shm::IntentOp>(in.op);
+    last_recovery_.actor = in.actor;
+    last_recovery_.slots_restored = count;
+    last_recovery_.entry_restored = in.proc_target < seg_.max_processes() && g_rollback_enabled;
     for (std::uint32_t i = count; i-- > 0;) {
       if (in.slot[i] < n_) {
         slots_[in.slot[i]].restore(in.before[i]);
@@ -58,6 +64,52 @@ std::vector<std::string> BlockStore::recover() {
     bump(shm::kRecoveries, 1);
   }
   return problems;
+}
+
+namespace {
+
+std::string_view op_name(shm::IntentOp op) {
+  switch (op) {
+    case shm::IntentOp::kNone:
+      return "unnamed operation";
+    case shm::IntentOp::kAllocate:
+      return "allocate";
+    case shm::IntentOp::kStage:
+      return "stage";
+    case shm::IntentOp::kUnstage:
+      return "unstage (reset of a staged block)";
+    case shm::IntentOp::kReleaseExclusive:
+      return "release of a mutable or staged block";
+    case shm::IntentOp::kRegister:
+      return "register";
+    case shm::IntentOp::kAcquire:
+      return "match (acquire)";
+    case shm::IntentOp::kRelease:
+      return "release of a registered block";
+    case shm::IntentOp::kSetResetOnRelease:
+      return "set_reset_on_release";
+    case shm::IntentOp::kDrain:
+      return "reset_inactive_pool";
+    case shm::IntentOp::kReap:
+      return "reap";
+    case shm::IntentOp::kDetach:
+      return "detach";
+  }
+  return "unknown operation";
+}
+
+}  // namespace
+
+std::string BlockStore::RecoveryReport::describe() const {
+  if (!rolled_back) {
+    return "no operation was in progress; derived structures rebuilt";
+  }
+  const std::string who =
+      actor == kNil ? std::string("a tool") : fmt::format("process entry {}", actor);
+  return fmt::format(
+      "rolled back the unfinished {} of {} ({} slot image(s) restored{}); derived "
+      "structures rebuilt",
+      op_name(op), who, slots_restored, entry_restored ? ", process entry restored" : "");
 }
 
 std::vector<std::string> BlockStore::recover_or_poison() noexcept {
