@@ -147,6 +147,28 @@ Result<CompleteBlock, BlockSizeMismatch> MutableBlock::stage(SequenceHash hash,
   return detail::HandleAccess::make_complete(std::move(att_), g, hash);
 }
 
+Result<CompleteBlock, BlockSizeMismatch> MutableBlock::stage(
+    SequenceHash hash, std::uint32_t block_size, std::span<const std::uint32_t> token_ids) && {
+  Attachment& att = require(att_, "MutableBlock");
+  const std::uint32_t expected = att.config().block_size;
+  if (block_size != expected) {
+    return tl::unexpected(BlockSizeMismatch{expected, block_size, std::move(*this)});
+  }
+  if (token_ids.size() != expected) {
+    return tl::unexpected(BlockSizeMismatch{
+        expected, static_cast<std::uint32_t>(std::min<std::size_t>(token_ids.size(), UINT32_MAX)),
+        std::move(*this)});
+  }
+  if (hash.hi() == shm::kNoHashHi && hash.lo() == shm::kNoHashLo) {
+    return std::move(*this).stage(hash, block_size);  // throws, recording nothing
+  }
+  if (att.config().store_token_ids &&
+      !att.store().write_tokens(Grant{id_, gen_}, att.me(), token_ids)) {
+    throw std::logic_error("kvbm: MutableBlock is no longer owned by this process");
+  }
+  return std::move(*this).stage(hash, block_size);
+}
+
 // --- CompleteBlock ------------------------------------------------------------------------------
 
 CompleteBlock::CompleteBlock(CompleteBlock&& o) noexcept

@@ -9,6 +9,7 @@
 
 #include "segment/slot_state_names.hpp"
 #include "shm/block_key.hpp"
+#include "shm/event_ring.hpp"
 #include "shm/layout.hpp"
 
 namespace kvbm {
@@ -114,6 +115,15 @@ Result<void> validate_config(const SegmentConfig& c) {
   }
   if (c.key_bytes > shm::kMaxKeyBytes) {
     return bad(fmt::format("key_bytes {} must be at most {}", c.key_bytes, shm::kMaxKeyBytes));
+  }
+  if (c.event_capacity != 0 &&
+      (!is_power_of_two(c.event_capacity) || c.event_capacity < shm::kMinEventCapacity ||
+       c.event_capacity > shm::kMaxEventCapacity)) {
+    return bad(fmt::format("event_capacity {} must be 0 or a power of two in [2^8, 2^24]",
+                           c.event_capacity));
+  }
+  if (c.store_token_ids && c.block_count > (std::uint64_t{1} << 36) / (4ull * c.block_size + 8)) {
+    return bad("token id region would exceed 64 GiB (block_count x block_size x 4)");
   }
   return {};
 }

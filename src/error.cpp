@@ -25,6 +25,8 @@ std::string_view errc_name(Errc code) noexcept {
       return "blocks_in_use";
     case Errc::kFenced:
       return "fenced";
+    case Errc::kEventsLost:
+      return "events_lost";
   }
   return "unknown";
 }

@@ -14,7 +14,7 @@ struct Field {
   std::int64_t MetricsSnapshot::*member;
 };
 
-constexpr std::array<Field, 18> kFields{{
+constexpr std::array<Field, 19> kFields{{
     {"kvbm_allocations_total", &MetricsSnapshot::allocations_total},
     {"kvbm_allocations_from_reset_total", &MetricsSnapshot::allocations_from_reset_total},
     {"kvbm_evictions_total", &MetricsSnapshot::evictions_total},
@@ -28,6 +28,7 @@ constexpr std::array<Field, 18> kFields{{
     {"kvbm_scan_blocks_returned_total", &MetricsSnapshot::scan_blocks_returned_total},
     {"kvbm_reaped_processes_total", &MetricsSnapshot::reaped_processes_total},
     {"kvbm_recoveries_total", &MetricsSnapshot::recoveries_total},
+    {"kvbm_events_total", &MetricsSnapshot::events_total},
     {"kvbm_reset_pool_size", &MetricsSnapshot::reset_pool_size},
     {"kvbm_inactive_pool_size", &MetricsSnapshot::inactive_pool_size},
     {"kvbm_inflight_mutable", &MetricsSnapshot::inflight_mutable},
@@ -126,6 +127,7 @@ MetricsSnapshot read_metrics(const Segment& seg) {
   m.scan_blocks_returned_total = counter(shm::kScanBlocksReturned);
   m.reaped_processes_total = counter(shm::kReapedProcesses);
   m.recoveries_total = counter(shm::kRecoveries);
+  m.events_total = counter(shm::kEvents);
   m.reset_pool_size = state(shm::SlotState::kReset);
   m.inactive_pool_size = state(shm::SlotState::kInactive);
   m.inflight_mutable =  // Mutable + Staged are counted together; CompleteBlocks do not count

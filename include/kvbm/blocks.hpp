@@ -65,6 +65,12 @@ class MutableBlock {
   /// which SequenceHash::make never produces).
   [[nodiscard]] Result<CompleteBlock, BlockSizeMismatch> stage(SequenceHash hash,
                                                                std::uint32_t block_size) &&;
+  /// As stage(hash, block_size), also recording the block's token ids in the segment
+  /// (SegmentConfig::store_token_ids) so that its Stored event carries them; without token
+  /// storage the ids are checked and dropped. `token_ids` must hold exactly block_size ids, else
+  /// the error hands the block back (expected = block_size, actual = token_ids.size()).
+  [[nodiscard]] Result<CompleteBlock, BlockSizeMismatch> stage(
+      SequenceHash hash, std::uint32_t block_size, std::span<const std::uint32_t> token_ids) &&;
 
  private:
   friend struct detail::HandleAccess;

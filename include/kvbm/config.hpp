@@ -54,6 +54,13 @@ struct SegmentConfig {
   /// processes that would read each other's bytes differently never share a segment.
   /// Default: 0.
   std::uint64_t layout_tag = 0;
+  /// Records in the segment's KV event ring (DESIGN.md section 10): 0 = no events, else a power
+  /// of two in [256, 2^24]. 48 bytes per record. Default: 65536.
+  std::uint32_t event_capacity = 65536;
+  /// Keep each block's token ids in the segment (block_size x 4 bytes per block), recorded by
+  /// MutableBlock::stage(hash, block_size, token_ids), so that Stored events carry them.
+  /// Default: false.
+  bool store_token_ids = false;
 };
 
 /// kInvalidConfig unless `name` matches [A-Za-z0-9][A-Za-z0-9._-]{0,199}.

@@ -26,6 +26,8 @@ enum class Errc {
   kBlocksInUse,
   /// This process's attachment was reclaimed (declared dead, e.g. it closed its liveness fd).
   kFenced,
+  /// EventReader::read: the events asked for were overwritten (the ring holds fewer).
+  kEventsLost,
 };
 
 /// Stable lower-case name of an error code ("invalid_config", "not_found", ...).

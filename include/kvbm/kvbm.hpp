@@ -6,6 +6,7 @@
 #include "kvbm/blocks.hpp"
 #include "kvbm/config.hpp"
 #include "kvbm/error.hpp"
+#include "kvbm/events.hpp"
 #include "kvbm/log.hpp"
 #include "kvbm/metrics.hpp"
 #include "kvbm/sequence_hash.hpp"

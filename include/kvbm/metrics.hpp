@@ -26,6 +26,7 @@ struct MetricsSnapshot {
   std::int64_t scan_blocks_returned_total = 0;
   std::int64_t reaped_processes_total = 0;
   std::int64_t recoveries_total = 0;
+  std::int64_t events_total = 0;  // KV events written to the segment's ring (section 10)
   // gauges
   std::int64_t reset_pool_size = 0;
   std::int64_t inactive_pool_size = 0;

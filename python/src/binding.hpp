@@ -232,5 +232,6 @@ void bind_mutable(py::module_& m);    // called by bind_handles
 /// The cell of a kvbm.CompleteBlock object, or nullptr if `o` is something else.
 CompleteCell* as_complete(PyObject* o);
 void bind_manager(py::module_& m);
+void bind_events(py::module_& m);
 
 }  // namespace kvbm_python

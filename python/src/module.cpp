@@ -25,4 +25,5 @@ PYBIND11_MODULE(_native, m) {
   bind_config(m);
   bind_handles(m);
   bind_manager(m);
+  bind_events(m);
 }

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // kvbm.MutableBlock and kvbm.CompleteBlock (plain CPython types, see raw_handle.hpp).
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "errors.hpp"
 #include "raw_handle.hpp"
@@ -90,12 +92,14 @@ PyObject* mutable_stage(PyObject* self,
   return guarded([&] {
     PyObject* hash_arg = nullptr;
     PyObject* size_arg = nullptr;
-    if (kwnames == nullptr && nargs == 2) {
+    PyObject* ids_arg = nullptr;
+    if (kwnames == nullptr && (nargs == 2 || nargs == 3)) {
       hash_arg = args[0];
       size_arg = args[1];
+      ids_arg = nargs == 3 ? args[2] : nullptr;
     } else {
       // Keywords: the rare path, through the generic parser.
-      static const char* kw[] = {"hash", "block_size", nullptr};
+      static const char* kw[] = {"hash", "block_size", "token_ids", nullptr};
       py::tuple pos(nargs);
       for (Py_ssize_t i = 0; i < nargs; ++i) {
         pos[static_cast<std::size_t>(i)] = py::reinterpret_borrow<py::object>(args[i]);
@@ -107,8 +111,8 @@ PyObject* mutable_stage(PyObject* self,
               py::reinterpret_borrow<py::object>(args[nargs + i]);
         }
       }
-      if (!PyArg_ParseTupleAndKeywords(pos.ptr(), kwargs.ptr(), "OO:stage", const_cast<char**>(kw),
-                                       &hash_arg, &size_arg)) {
+      if (!PyArg_ParseTupleAndKeywords(pos.ptr(), kwargs.ptr(), "OO|O:stage",
+                                       const_cast<char**>(kw), &hash_arg, &size_arg, &ids_arg)) {
         throw py::error_already_set();
       }
     }
@@ -120,6 +124,21 @@ PyObject* mutable_stage(PyObject* self,
     auto& c = cell_ptr<MutableCell>(self);
     c->check(true);
     const auto bs = static_cast<std::uint32_t>(to_uint(size_arg, 0xFFFFFFFFu, "block_size"));
+    std::optional<std::vector<std::uint32_t>> ids;
+    if (ids_arg != nullptr && ids_arg != Py_None) {
+      py::object seq = py::reinterpret_steal<py::object>(
+          PySequence_Fast(ids_arg, "kvbm: stage: token_ids must be a sequence of ints"));
+      if (!seq) {
+        throw py::error_already_set();
+      }
+      const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+      ids.emplace();
+      ids->reserve(static_cast<std::size_t>(n));
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        ids->push_back(static_cast<std::uint32_t>(
+            to_uint(PySequence_Fast_GET_ITEM(seq.ptr(), i), 0xFFFFFFFFu, "token id")));
+      }
+    }
     if (hash.hi() == ~std::uint64_t{0} && hash.lo() == ~std::uint64_t{0}) {
       raise_py(PyExc_ValueError, "kvbm: stage: the SequenceHash with all 128 bits set is reserved");
     }
@@ -130,7 +149,9 @@ PyObject* mutable_stage(PyObject* self,
     }
     kvbm::MutableBlock block = std::move(c->guard);
     c->state = CellState::kConsumed;
-    auto r = without_gil([&] { return std::move(block).stage(hash, bs); });
+    auto r = without_gil([&] {
+      return ids ? std::move(block).stage(hash, bs, *ids) : std::move(block).stage(hash, bs);
+    });
     if (!r) {
       auto& e = r.error();
       raise_block_size_mismatch(e.expected, e.actual, make_mutable(c->mgr, std::move(e.block)));

@@ -81,6 +81,12 @@ std::uint64_t compute_fingerprint() {
                                  kKeyLengthBytes,
                                  KVBM_FP_OFF(ConfigRecord, key_bytes),
                                  KVBM_FP_OFF(ConfigRecord, layout_tag),
+                                 KVBM_FP_OFF(ConfigRecord, event_capacity),
+                                 KVBM_FP_OFF(Intent, events_next_before),
+                                 sizeof(EventRingHeader),
+                                 sizeof(EventRecord),
+                                 sizeof(TokenRecord),
+                                 kRegionCount,
                                  kCacheLine,
                                  kMaxProcesses,
                                  kLivenessLockBase};
@@ -185,6 +191,12 @@ Layout compute_layout(const shm::ConfigRecord& c) {
   if (c.key_bytes > 0) {
     place(shm::kRegionKeys, std::uint64_t{c.block_count} * shm::key_record_bytes(c.key_bytes));
   }
+  if (c.event_capacity > 0) {
+    place(shm::kRegionEvents, shm::event_ring_bytes(c.event_capacity));
+  }
+  if (c.store_token_ids != 0) {
+    place(shm::kRegionTokens, std::uint64_t{c.block_count} * shm::token_record_bytes(c.block_size));
+  }
   l.total_bytes = off;
   return l;
 }
@@ -205,6 +217,8 @@ shm::ConfigRecord to_record(const SegmentConfig& c) {
   r.permissions = c.permissions;
   r.bytes_per_block = c.bytes_per_block;
   r.key_bytes = c.key_bytes;
+  r.event_capacity = c.event_capacity;
+  r.store_token_ids = c.store_token_ids ? 1 : 0;
   r.layout_tag = c.layout_tag;
   return r;
 }
@@ -226,6 +240,8 @@ SegmentConfig from_record(std::string_view name, const shm::ConfigRecord& r) {
   c.permissions = r.permissions;
   c.bytes_per_block = r.bytes_per_block;
   c.key_bytes = r.key_bytes;
+  c.event_capacity = r.event_capacity;
+  c.store_token_ids = r.store_token_ids != 0;
   c.layout_tag = r.layout_tag;
   return c;
 }
@@ -255,6 +271,10 @@ std::string first_config_difference(const SegmentConfig& a, const SegmentConfig&
     return "key_bytes";
   if (a.layout_tag != b.layout_tag)
     return "layout_tag";
+  if (a.event_capacity != b.event_capacity)
+    return "event_capacity";
+  if (a.store_token_ids != b.store_token_ids)
+    return "store_token_ids";
   return {};
 }
 
@@ -283,6 +303,13 @@ void Segment::bind_regions() {
               ? nullptr
               : reinterpret_cast<std::byte*>(base + r[shm::kRegionKeys].offset);
   key_record_bytes_ = shm::key_record_bytes(config_.key_bytes);
+  events_ = r[shm::kRegionEvents].bytes == 0
+                ? nullptr
+                : reinterpret_cast<shm::EventRingHeader*>(base + r[shm::kRegionEvents].offset);
+  tokens_ = r[shm::kRegionTokens].bytes == 0
+                ? nullptr
+                : reinterpret_cast<std::byte*>(base + r[shm::kRegionTokens].offset);
+  token_record_bytes_ = shm::token_record_bytes(config_.block_size);
   sketch_ = r[shm::kRegionSketch].bytes == 0
                 ? nullptr
                 : reinterpret_cast<shm::SketchHeader*>(base + r[shm::kRegionSketch].offset);

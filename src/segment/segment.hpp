@@ -20,6 +20,7 @@
 
 #include "shm/block_key.hpp"
 #include "shm/control.hpp"
+#include "shm/event_ring.hpp"
 #include "shm/hash_index_entry.hpp"
 #include "shm/header.hpp"
 #include "shm/lineage.hpp"
@@ -95,6 +96,17 @@ class Segment {
   std::byte* key_record(std::uint32_t slot) const {
     return keys_ == nullptr ? nullptr : keys_ + std::uint64_t{slot} * key_record_bytes_;
   }
+  /// The event ring (event_capacity > 0), else nullptr; its records follow the header.
+  shm::EventRingHeader* events() const { return events_; }
+  shm::EventRecord* event_records() const {
+    return events_ == nullptr ? nullptr : reinterpret_cast<shm::EventRecord*>(events_ + 1);
+  }
+  /// The token record of `slot` (store_token_ids), or nullptr. Requires slot < block_count().
+  shm::TokenRecord* token_record(std::uint32_t slot) const {
+    return tokens_ == nullptr ? nullptr
+                              : reinterpret_cast<shm::TokenRecord*>(
+                                    tokens_ + std::uint64_t{slot} * token_record_bytes_);
+  }
   /// The TinyLFU sketch (MultiLRU segments only), else nullptr.
   shm::SketchHeader* sketch() const { return sketch_; }
   /// The lineage backend's region (Lineage segments only), else nullptr. Initialised through
@@ -123,6 +135,9 @@ class Segment {
   std::byte* payload_ = nullptr;
   std::byte* keys_ = nullptr;
   std::uint64_t key_record_bytes_ = 0;
+  shm::EventRingHeader* events_ = nullptr;
+  std::byte* tokens_ = nullptr;
+  std::uint64_t token_record_bytes_ = 0;
 };
 
 }  // namespace kvbm::detail

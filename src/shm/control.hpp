@@ -31,6 +31,7 @@ enum Counter : std::uint32_t {
   kScanBlocksReturned,
   kReapedProcesses,
   kRecoveries,
+  kEvents,
   kCounterCount,
 };
 static_assert(kCounterCount <= kCounterSlots);

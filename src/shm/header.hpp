@@ -22,7 +22,9 @@ enum Region : std::uint32_t {
   kRegionSketch,   // TinyLFU (MultiLRU only)
   kRegionLineage,  // lineage arena (Lineage only)
   kRegionKeys,     // block keys (key_bytes > 0 only)
-  kRegionCount = 8,
+  kRegionEvents,   // event ring (event_capacity > 0 only)
+  kRegionTokens,   // token records (store_token_ids only)
+  kRegionCount = 10,
 };
 
 struct ConfigRecord {
@@ -38,6 +40,8 @@ struct ConfigRecord {
   std::uint32_t permissions;
   std::uint64_t bytes_per_block;
   std::uint32_t key_bytes;
+  std::uint32_t event_capacity;
+  std::uint32_t store_token_ids;
   std::uint32_t reserved;
   std::uint64_t layout_tag;
 };

@@ -44,7 +44,8 @@ struct alignas(kCacheLine) Intent {
   std::uint32_t proc_state_before;
   std::uint32_t reserved;
   std::uint64_t proc_incarnation_before;
-  std::uint32_t counters_logged;  // bit c: counters_before[c] holds counter c's value at arming
+  std::uint64_t events_next_before;  // the event ring's next_seq when armed (rolled back to)
+  std::uint32_t counters_logged;     // bit c: counters_before[c] holds counter c's value at arming
   std::uint32_t reserved2;
   std::uint64_t counters_before[kCounterSlots];
   std::uint32_t slot[kIntentMaxSlots];

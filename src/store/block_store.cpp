@@ -41,6 +41,7 @@ BlockStore::BlockStore(Segment& segment)
       n_(segment.block_count()),
       default_ror_(segment.config().default_reset_on_release ? 1 : 0),
       index_(segment.index(), segment.index_capacity(), segment.slots()),
+      events_(segment),
       backend_(make_inactive_backend(segment, [this](std::uint32_t s) { log(s); })) {}
 
 void BlockStore::init_regions(Segment& segment) {
@@ -49,6 +50,13 @@ void BlockStore::init_regions(Segment& segment) {
   }
   if (segment.sketch() != nullptr) {
     TinyLfu::init(new (segment.sketch()) shm::SketchHeader(), segment.config().frequency_capacity);
+  }
+  if (segment.events() != nullptr) {
+    EventLog::init(segment);  // the Cleared event, seq 0
+    segment.control()->counters[shm::kEvents].store(1, std::memory_order_relaxed);
+  }
+  for (std::uint32_t s = 0; s < segment.block_count() && segment.token_record(s) != nullptr; ++s) {
+    new (segment.token_record(s)) shm::TokenRecord{{kNil}, 0};
   }
 }
 
@@ -87,6 +95,7 @@ void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
   in.count = 0;
   in.proc_target = kNil;
   in.counters_logged = 0;
+  in.events_next_before = events_.next_seq();
   barrier();
   in.seq.store(in.seq.load(std::memory_order_relaxed) | 1, std::memory_order_relaxed);  // armed
   barrier();
@@ -144,6 +153,20 @@ void BlockStore::bump(shm::Counter c, std::uint64_t n) noexcept {
 }
 
 void BlockStore::count(Txn&, shm::Counter c, std::uint64_t n) noexcept {
+  count_logged(c, n);
+}
+
+void BlockStore::emit(shm::EventKindCode kind, std::uint32_t slot) noexcept {
+  if (!events_.enabled()) {
+    return;
+  }
+  const auto& m = slots_[slot];
+  events_.append(kind, m.hash_hi, m.hash_lo, slot, m.generation.load(std::memory_order_relaxed));
+  count_logged(shm::kEvents, 1);
+  KVBM_CRASH_POINT("event.appended");
+}
+
+void BlockStore::count_logged(shm::Counter c, std::uint64_t n) noexcept {
   // Only the mutex holder writes counters; readers without the lock load them relaxed. The
   // value before the first change in this transaction is logged so a rollback restores it.
   KVBM_STORE_CHECK_IN_TXN();
@@ -210,6 +233,7 @@ void BlockStore::release_primary(std::uint32_t slot) noexcept {
   auto& m = slots_[slot];
   if (m.reset_on_release != 0) {
     index_.erase(m.hash_hi, m.hash_lo, slot);
+    emit(shm::EventKindCode::kRemoved, slot);
     to_reset(slot);
   } else {
     set_state(m, SlotState::kInactive);
@@ -264,6 +288,7 @@ bool BlockStore::allocate(Txn& txn,
         }
       }
       index_.erase(slots_[s].hash_hi, slots_[s].hash_lo, s);
+      emit(shm::EventKindCode::kRemoved, s);
       if (evicted != nullptr) {
         evicted->push_back(hash_of(s));
       }
@@ -315,6 +340,27 @@ BlockStore::StageResult BlockStore::stage_lock_free(Grant g,
   return StageResult::kDone;
 }
 
+bool BlockStore::write_tokens(Grant g,
+                              std::uint32_t actor,
+                              std::span<const std::uint32_t> ids) noexcept {
+  // Like stage_lock_free: only the owner touches its Mutable slot's record. The generation tag
+  // goes last (release), so a reader that sees it also sees these ids.
+  auto* rec = seg_.token_record(g.slot);
+  const auto& m = slots_[g.slot];
+  const std::uint64_t w = load_state_word(m);
+  if (rec == nullptr || word_state(w) != st(SlotState::kMutable) ||
+      word_generation(w) != g.generation || __atomic_load_n(&m.owner, __ATOMIC_RELAXED) != actor) {
+    return false;
+  }
+  rec->generation.store(kNil, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  auto* out = reinterpret_cast<std::uint32_t*>(rec + 1);
+  std::copy(ids.begin(), ids.end(), out);
+  rec->count = static_cast<std::uint32_t>(ids.size());
+  rec->generation.store(g.generation, std::memory_order_release);
+  return true;
+}
+
 bool BlockStore::stage(Txn&, Grant g, std::uint32_t actor, SequenceHash hash) noexcept {
   auto& m = slots_[g.slot];
   if (m.state != st(SlotState::kMutable) || m.owner != actor ||
@@ -351,6 +397,10 @@ bool BlockStore::unstage(Txn& txn, Grant g, std::uint32_t actor) noexcept {
   set_state(m, SlotState::kMutable);
   m.reset_on_release = default_ror_;
   store_hash(m, shm::kNoHashHi, shm::kNoHashLo);
+  if (auto* rec = seg_.token_record(g.slot); rec != nullptr) {
+    // The ids were the staged block's; a later stage without ids must not inherit them.
+    rec->generation.store(kNil, std::memory_order_relaxed);
+  }
   note_destaged(txn, actor, 1);
   return true;
 }
@@ -413,6 +463,7 @@ Registered BlockStore::register_one(Txn& txn,
     m.keepalive = 0;
     index_.insert(m.hash_hi, m.hash_lo, g.slot);
     KVBM_CRASH_POINT("register.indexed");
+    emit(shm::EventKindCode::kStored, g.slot);
     return Registered{Grant{g.slot, g.generation, true}, false};
   }
   auto& pm = slots_[p];
@@ -570,6 +621,7 @@ std::uint64_t BlockStore::drain_inactive(Txn&) noexcept {
     }
     index_.erase(slots_[s].hash_hi, slots_[s].hash_lo, s);
     log(s);
+    emit(shm::EventKindCode::kRemoved, s);
     // Through Mutable and straight back, as kvbm-logical's drain does: a new generation and the
     // default reset-on-release flag.
     slots_[s].generation.store(slots_[s].generation.load(std::memory_order_relaxed) + 1,

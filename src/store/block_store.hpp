@@ -29,6 +29,7 @@
 #include "eviction/backend.hpp"
 #include "segment/segment.hpp"
 #include "shm/intent.hpp"
+#include "store/event_log.hpp"
 #include "store/hash_index.hpp"
 #include "store/store_lock.hpp"
 
@@ -119,6 +120,13 @@ class BlockStore {
   [[nodiscard]] StageResult stage_lock_free(Grant g,
                                             std::uint32_t actor,
                                             SequenceHash hash) noexcept;
+  /// Records the block's token ids in its slot's token record (store_token_ids segments), by
+  /// the owner of the Mutable slot, WITHOUT the store mutex, before it stages the slot. False if
+  /// the slot is not actor's Mutable slot of that generation. Requires ids.size() == block_size
+  /// and a segment with token records.
+  [[nodiscard]] bool write_tokens(Grant g,
+                                  std::uint32_t actor,
+                                  std::span<const std::uint32_t> ids) noexcept;
   /// Mutable -> Staged under the mutex. False if the slot is not this actor's Mutable slot of
   /// that generation.
   [[nodiscard]] bool stage(Txn& txn, Grant g, std::uint32_t actor, SequenceHash hash) noexcept;
@@ -250,6 +258,11 @@ class BlockStore {
                                    SequenceHash hash,
                                    std::uint32_t actor,
                                    bool touch) noexcept;
+  /// Appends an event of `slot`'s current hash to the ring (if the segment has one) and counts
+  /// it in kvbm_events_total.
+  void emit(shm::EventKindCode kind, std::uint32_t slot) noexcept;
+  /// count() without the Txn argument, for the primitive steps that run inside one.
+  void count_logged(shm::Counter c, std::uint64_t n) noexcept;
   /// Counter update without a transaction's before-image (recovery's own count).
   void bump(shm::Counter c, std::uint64_t n) noexcept;
   /// Debug builds: aborts unless a transaction is open and this thread holds the mutex.
@@ -275,6 +288,7 @@ class BlockStore {
   std::uint32_t n_;
   std::uint8_t default_ror_;
   HashIndex index_;
+  EventLog events_;
   std::unique_ptr<InactiveBackend> backend_;
   // A Txn is open (its begin() ran, its commit() has not). Kept only by the checking builds;
   // always a member, so that the layout never depends on NDEBUG.

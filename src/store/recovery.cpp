@@ -42,6 +42,9 @@ std::vector<std::string> BlockStore::recover() {
         ctl_->counters[c].store(in.counters_before[c], std::memory_order_relaxed);
       }
     }
+    if (g_rollback_enabled) {
+      events_.rollback_to(in.events_next_before);
+    }
     if (in.proc_target < seg_.max_processes() && g_rollback_enabled) {
       auto& e = procs_[in.proc_target];
       e.state.store(in.proc_state_before, std::memory_order_relaxed);

@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "tool/inspect.hpp"
 
-#include <time.h>
-
 #include <fmt/format.h>
 
 #include "store/repair.hpp"
+#include "store/unattached_lock.hpp"
 
 namespace kvbm::detail {
 
@@ -29,50 +28,11 @@ void ToolSession::unlock() {
 }
 
 Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::string>& notes) {
-  auto* header = seg_->header();
-  if (header->init_state.load(std::memory_order_acquire) ==
-      static_cast<std::uint32_t>(shm::InitState::kPoisoned)) {
-    return tl::unexpected(
-        Error{Errc::kCorrupted, 0, "the segment is poisoned (a recovery failed)"});
+  auto held = lock_unattached(*store_, wait, notes);
+  if (!held) {
+    return tl::unexpected(held.error());
   }
-  timespec deadline{};
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  const auto ms = wait.count();
-  deadline.tv_sec += ms / 1000;
-  deadline.tv_nsec += (ms % 1000) * 1000000;
-  if (deadline.tv_nsec >= 1000000000) {
-    deadline.tv_sec += 1;
-    deadline.tv_nsec -= 1000000000;
-  }
-  auto& mu = seg_->control()->mutex;
-  switch (mu.timed_lock(deadline)) {
-    case shm::LockStatus::kOk:
-      break;
-    case shm::LockStatus::kOwnerDead: {
-      const bool armed = (seg_->control()->intent.seq.load() & 1) != 0;
-      const std::vector<std::string> problems = store_->recover_or_poison();
-      if (!problems.empty()) {
-        return tl::unexpected(
-            Error{Errc::kCorrupted, 0,
-                  fmt::format("recovery after a crash failed: {}", problems.front())});
-      }
-      notes.push_back(armed ? "the store mutex was held by a process that died mid-operation: "
-                              "rolled the operation back and rebuilt the indexes"
-                            : "the store mutex was held by a process that died: rebuilt the "
-                              "indexes");
-      break;
-    }
-    case shm::LockStatus::kTimedOut:
-      return tl::unexpected(Error{
-          Errc::kSystem, ETIMEDOUT,
-          fmt::format("the store mutex is held by a live process (waited {} ms); try again", ms)});
-    case shm::LockStatus::kNotRecoverable:
-      store_->poison();
-      return tl::unexpected(Error{Errc::kCorrupted, 0, "the store mutex is unrecoverable"});
-    default:
-      return tl::unexpected(Error{Errc::kSystem, 0, "pthread_mutex_timedlock failed"});
-  }
-  lock_.emplace(mu);
+  lock_.emplace(std::move(*held));
   return {};
 }
 

@@ -5,8 +5,13 @@
 // unstage, drain, detach), then a survivor (holding blocks of its own) recovers and reaps, and
 // every invariant is checked. Also: deaths inside recovery and inside reaping, and a negative
 // control showing that the checks catch a recovery that does not roll back.
+// After every crash the KV event ring must agree with slot state: replaying it gives exactly the
+// cached (Primary or Inactive) hashes, with sequence numbers gap-free and kvbm_events_total equal
+// to their count, so a crash neither lost nor invented an event.
 #include <signal.h>
 #include <stdlib.h>
+
+#include <set>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -30,6 +35,11 @@ SequenceHash H(int i) {
   return SequenceHash::make(1000 + i, std::nullopt, 0);
 }
 
+// Token ids of H(i), for the blocks staged with ids.
+std::vector<std::uint32_t> T(int i) {
+  return std::vector<std::uint32_t>(16, static_cast<std::uint32_t>(7000 + i));
+}
+
 // The survivor's own state, which every crash must leave intact.
 struct Bystander {
   std::shared_ptr<BlockManager> m;
@@ -41,6 +51,7 @@ Bystander make_bystander(const TempSegment& seg, kvbm::DuplicationPolicy dup) {
   auto cfg = seg.config(kBlocks);
   cfg.eviction = kvbm::EvictionPolicy::kLru;
   cfg.duplication = dup;
+  cfg.store_token_ids = true;
   Bystander b{seg.create(cfg), {}, {}};
   auto blocks = b.m->allocate_blocks(3).value();
   std::vector<kvbm::CompleteBlock> complete;
@@ -62,7 +73,9 @@ int workload(const std::string& name) {
     auto blocks = m->allocate_blocks(4).value();
     std::vector<kvbm::CompleteBlock> complete;
     for (int i = 0; i < 4; ++i) {  // H0: active elsewhere, H1: inactive, H2/H3: new
-      complete.push_back(std::move(blocks[i]).stage(H(i), 16).value());
+      const auto ids = T(i);
+      complete.push_back(i % 2 == 0 ? std::move(blocks[i]).stage(H(i), 16, ids).value()
+                                    : std::move(blocks[i]).stage(H(i), 16).value());
     }
     auto imm = m->register_blocks(std::move(complete));
     auto prefix = m->match_blocks(std::vector<SequenceHash>{H(2), H(3), H(4), H(9)});
@@ -91,7 +104,8 @@ int workload(const std::string& name) {
   {
     auto blocks = m->allocate_blocks(2).value();
     std::vector<kvbm::CompleteBlock> complete;
-    complete.push_back(std::move(blocks[0]).stage(H(5), 16).value());
+    const auto ids = T(5);
+    complete.push_back(std::move(blocks[0]).stage(H(5), 16, ids).value());
     complete.push_back(std::move(blocks[1]).stage(H(6), 16).value());
     auto imm = m->register_blocks(std::move(complete));
   }
@@ -99,9 +113,70 @@ int workload(const std::string& name) {
   return 0;
 }
 
+// The ring replayed from its start must give exactly the cached hashes of the slots.
+std::string check_ring(const std::string& name, BlockManager& m) {
+  auto reader = kvbm::EventReader::open(name);
+  if (!reader) {
+    return "EventReader::open: " + reader.error().message;
+  }
+  if (reader->oldest_seq() != 0) {
+    return "the ring lost events";
+  }
+  auto events = reader->read(0, 1u << 20);
+  if (!events) {
+    return "read: " + events.error().message;
+  }
+  if (events->size() != reader->next_seq() ||
+      static_cast<std::int64_t>(events->size()) != m.metrics().events_total) {
+    return fmt::format("{} events read, next_seq {}, kvbm_events_total {}", events->size(),
+                       reader->next_seq(), m.metrics().events_total);
+  }
+  std::set<std::pair<std::uint64_t, std::uint64_t>> stored;
+  for (std::size_t i = 0; i < events->size(); ++i) {
+    const kvbm::Event& e = (*events)[i];
+    const auto key = std::pair{e.hash.hi(), e.hash.lo()};
+    if (e.seq != i) {
+      return fmt::format("event {} has seq {}", i, e.seq);
+    }
+    switch (e.kind) {
+      case kvbm::EventKind::kCleared:
+        if (i != 0) {
+          return fmt::format("Cleared at seq {}", i);
+        }
+        break;
+      case kvbm::EventKind::kStored:
+        if (!stored.insert(key).second) {
+          return fmt::format("seq {}: {} stored twice", i, e.hash);
+        }
+        if (!e.token_ids.empty() &&
+            e.token_ids != T(static_cast<int>(e.hash.current_fragment()) - 1000)) {
+          return fmt::format("seq {}: wrong token ids for {}", i, e.hash);
+        }
+        break;
+      case kvbm::EventKind::kRemoved:
+        if (stored.erase(key) != 1) {
+          return fmt::format("seq {}: {} removed but not stored", i, e.hash);
+        }
+        break;
+    }
+  }
+  std::set<std::pair<std::uint64_t, std::uint64_t>> cached;
+  for (kvbm::BlockId id = 0; id < m.total_blocks(); ++id) {
+    const auto info = m.inspect_block(id);
+    if (info.state == kvbm::SlotState::kPrimary || info.state == kvbm::SlotState::kInactive) {
+      cached.insert({info.hash.hi(), info.hash.lo()});
+    }
+  }
+  if (stored != cached) {
+    return fmt::format("the ring says {} blocks are cached, the slots {}", stored.size(),
+                       cached.size());
+  }
+  return {};
+}
+
 // After a death: the survivor recovers (on its next lock) and reaps; nothing of its own is lost
 // and every invariant holds. Returns a description of what is wrong, empty when all is right.
-std::string check_after_crash(Bystander& b) {
+std::string check_after_crash(Bystander& b, const std::string& name) {
   try {
     b.m->reap_dead_processes();
     std::vector<std::string> problems = b.m->verify();
@@ -138,9 +213,15 @@ std::string check_after_crash(Bystander& b) {
     if (matched.size() != 1 || matched[0].block_id() != b.held[0].block_id()) {
       return "the survivor's block is not matchable";
     }
+    if (std::string ring = check_ring(name, *b.m); !ring.empty()) {
+      return "event ring: " + ring;
+    }
     // Nothing leaked: every block not held by the survivor can be allocated.
     if (b.m->available_blocks() != kBlocks - 2 || !b.m->allocate_blocks(kBlocks - 2)) {
       return "blocks leaked";
+    }
+    if (std::string ring = check_ring(name, *b.m); !ring.empty()) {
+      return "event ring after evicting everything: " + ring;
     }
   } catch (const std::exception& e) {
     return std::string("survivor call failed: ") + e.what();
@@ -171,7 +252,7 @@ Round crash_round(kvbm::DuplicationPolicy dup, std::uint64_t at, std::uint64_t r
     });
     recoverer.wait();
   }
-  return Round{exit, check_after_crash(b)};
+  return Round{exit, check_after_crash(b, name)};
 }
 
 }  // namespace
@@ -240,7 +321,7 @@ TEST_CASE("A reaper killed half-way is finished by the next", "[crash][integrati
       return 0;
     });
     const int exit = reaper.wait();
-    const std::string problem = check_after_crash(b);
+    const std::string problem = check_after_crash(b, name);
     INFO("reap crash point " << at << ": " << problem);
     REQUIRE(problem.empty());
     if (exit == 0) {

@@ -71,6 +71,12 @@ Command add_create(CLI::App& app) {
   create->add_option("--bytes-per-block", o->config.bytes_per_block, "payload bytes per block");
   create->add_option("--key-bytes", o->config.key_bytes, "application key bytes per block (0..64)")
       ->check(CLI::Range(0u, 64u));
+  create
+      ->add_option("--event-capacity", o->config.event_capacity,
+                   "KV event ring records (0 = no events, else a power of two in [256, 2^24])")
+      ->default_val(65536);
+  create->add_flag("--store-token-ids", o->config.store_token_ids,
+                   "keep each block's token ids so KV events carry them (kvbm-ctl events)");
   create->add_flag("--reset-on-release", o->config.default_reset_on_release,
                    "released blocks go to the reset pool instead of the inactive pool");
   create->add_option("--mode", o->mode, "file mode of the shm object(s), e.g. 0660");

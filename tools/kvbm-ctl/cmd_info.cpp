@@ -42,6 +42,8 @@ int run_info(const std::string& name, bool as_json) {
            {"bytes_per_block", c.bytes_per_block},
            {"key_bytes", c.key_bytes},
            {"layout_tag", c.layout_tag},
+           {"event_capacity", c.event_capacity},
+           {"store_token_ids", c.store_token_ids},
            {"segment_bytes", s.header()->segment_bytes},
            {"metadata_bytes_per_block", metadata_bytes_per_block(s)},
            {"epoch", s.header()->epoch.load()},
@@ -60,7 +62,9 @@ int run_info(const std::string& name, bool as_json) {
     fmt::print(", {:.1f} MiB payload ({} B/block)", c.bytes_per_block * c.block_count / 1048576.0,
                c.bytes_per_block);
   }
-  fmt::print("\nepoch        {}\n", s.header()->epoch.load());
+  fmt::print("\nevents       ring of {} records{}\n", c.event_capacity,
+             c.store_token_ids ? ", token ids kept" : "");
+  fmt::print("epoch        {}\n", s.header()->epoch.load());
   const auto counts = counts_json(s);
   fmt::print("blocks by state\n");
   for (const auto& state : d::kSlotStateNames) {
