@@ -57,8 +57,13 @@ void unregister_fd(int fd) {
   v.erase(std::remove(v.begin(), v.end(), fd), v.end());
 }
 
-SegmentError segment_error(Errc code, std::string msg, int err = 0) {
-  return SegmentError(Error{code, err, std::move(msg)});
+// A damaged or poisoned segment is SegmentCorrupted (DESIGN.md section 12); the rest (fenced,
+// system errors) plain SegmentError.
+[[noreturn]] void throw_segment_error(Errc code, std::string msg, int err = 0) {
+  if (code == Errc::kCorrupted) {
+    throw SegmentCorrupted(Error{code, err, std::move(msg)});
+  }
+  throw SegmentError(Error{code, err, std::move(msg)});
 }
 
 }  // namespace
@@ -139,7 +144,7 @@ void Attachment::throw_forked() {
 Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
   auto& mu = seg_->control()->mutex;
   if (raw == EBUSY && poisoned()) {
-    throw segment_error(Errc::kCorrupted,
+    throw_segment_error(Errc::kCorrupted,
                         fmt::format("segment '{}' is poisoned (a crash recovery failed); run "
                                     "'kvbm-ctl repair {}'",
                                     config().name, config().name));
@@ -159,7 +164,7 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
             "segment '{}': recovery after a crash failed ({}); the segment is poisoned until "
             "'kvbm-ctl repair {}'",
             config().name, problems.front(), config().name);
-        throw segment_error(
+        throw_segment_error(
             Errc::kCorrupted,
             fmt::format("segment '{}': recovery after a crash failed ({}{}); the segment is "
                         "poisoned; run 'kvbm-ctl repair {}'",
@@ -169,26 +174,37 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
       }
       break;
     }
+    case shm::LockStatus::kCorrupted:
+      // Nobody can hold a mutex whose type or word is garbage: poison (repair re-initialises it).
+      store_->poison();
+      log(LogLevel::kError,
+          "segment '{}': the store mutex is damaged (type or lock word); the segment is "
+          "poisoned until 'kvbm-ctl repair {}'",
+          config().name, config().name);
+      throw_segment_error(Errc::kCorrupted,
+                          fmt::format("segment '{}': the store mutex is damaged (type or lock "
+                                      "word); the segment is poisoned; run 'kvbm-ctl repair {}'",
+                                      config().name, config().name));
     case shm::LockStatus::kNotRecoverable:
       store_->poison();
       log(LogLevel::kError,
           "segment '{}': the store mutex is unrecoverable; the segment is poisoned until "
           "'kvbm-ctl repair {}'",
           config().name, config().name);
-      throw segment_error(Errc::kCorrupted,
+      throw_segment_error(Errc::kCorrupted,
                           fmt::format("segment '{}': store mutex is unrecoverable; run "
                                       "'kvbm-ctl repair {}'",
                                       config().name, config().name));
     default:
-      throw segment_error(Errc::kSystem, "pthread_mutex_lock on the store mutex failed");
+      throw_segment_error(Errc::kSystem, "pthread_mutex_lock on the store mutex failed");
   }
   if (poisoned()) {
     mu.unlock();
-    throw segment_error(Errc::kCorrupted, fmt::format("segment '{}' is poisoned", config().name));
+    throw_segment_error(Errc::kCorrupted, fmt::format("segment '{}' is poisoned", config().name));
   }
   if (fence && fenced()) {
     mu.unlock();
-    throw segment_error(
+    throw_segment_error(
         Errc::kFenced,
         fmt::format("this process's attachment to '{}' (entry {}) was reclaimed by another "
                     "process; its blocks are gone; open the segment again",
@@ -229,6 +245,17 @@ void Attachment::release_holder(std::uint32_t slot) noexcept {
   }
 }
 
+void Attachment::throw_damaged() const {
+  log(LogLevel::kError,
+      "segment '{}': an operation met a damaged structure ({}); the segment is poisoned until "
+      "'kvbm-ctl repair {}'",
+      config().name, damage_seen(), config().name);
+  throw_segment_error(Errc::kCorrupted,
+                      fmt::format("segment '{}' is damaged ({}); the segment is poisoned; run "
+                                  "'kvbm-ctl repair {}'",
+                                  config().name, damage_seen(), config().name));
+}
+
 std::size_t Attachment::reap_dead_processes() {
   check_fork();
   {
@@ -245,6 +272,7 @@ std::size_t Attachment::reap_dead_processes() {
     if (done) {
       reaped.push_back(dead);
     }
+    throw_if_damaged();
     return done;
   });
   for (const DeadEntry& dead : reaped) {

@@ -16,9 +16,11 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 
 #include "kvbm/error.hpp"
 
+#include "segment/damage.hpp"
 #include "segment/segment.hpp"
 #include "store/block_store.hpp"
 
@@ -58,10 +60,25 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
 
   /// lock(), then `f(store, txn)` inside a transaction of kind `op` (committed, then unlocked,
   /// when f returns or throws).
+  /// Throws SegmentCorrupted if the operation met a broken structure (the transaction then
+  /// commits what it did and poisons the segment: segment/damage.hpp).
   template <class F>
   auto run(shm::IntentOp op, F&& f) {
     BlockStore::Txn txn(*store_, lock(), op, me_);
-    return f(*store_, txn);
+    if constexpr (std::is_void_v<decltype(f(*store_, txn))>) {
+      f(*store_, txn);
+      throw_if_damaged();
+    } else {
+      auto result = f(*store_, txn);
+      throw_if_damaged();
+      return result;
+    }
+  }
+  /// After a store call: SegmentCorrupted naming the damage this thread met, if any.
+  void throw_if_damaged() const {
+    if (!damage_seen().empty()) [[unlikely]] {
+      throw_damaged();
+    }
   }
 
   BlockStore& store() { return *store_; }
@@ -136,6 +153,7 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
     std::uint64_t released;  // slots it let go of
   };
   void log_reaped(const DeadEntry& dead, std::string_view context) const;
+  [[noreturn]] void throw_damaged() const;
 
   std::unique_ptr<Segment> seg_;
   std::unique_ptr<BlockStore> store_;

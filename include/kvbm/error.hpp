@@ -53,6 +53,15 @@ class SegmentError : public std::runtime_error {
   Error error_;
 };
 
+/// Thrown by an operation that met a broken structure in the segment (an index out of range, a
+/// cycle, a damaged lock): nothing was trusted past the damage. The segment is marked poisoned,
+/// and every later operation on it throws SegmentCorrupted too, until `kvbm-ctl repair` fixes it.
+/// Its error() code is Errc::kCorrupted.
+class SegmentCorrupted : public SegmentError {
+ public:
+  explicit SegmentCorrupted(Error error) : SegmentError(std::move(error)) {}
+};
+
 }  // namespace kvbm
 
 template <>

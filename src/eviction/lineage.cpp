@@ -33,6 +33,7 @@
 #include "kvbm/sequence_hash.hpp"
 
 #include "eviction/backend.hpp"
+#include "segment/damage.hpp"
 #include "segment/segment.hpp"
 #include "segment/slot_list.hpp"
 
@@ -87,20 +88,41 @@ class LineageBackend final : public InactiveBackend {
         fifo_(seg.config().lineage_order == LineageOrder::kFifo),
         log_(std::move(log)) {}
 
+  // Checked access to everything the region links by index (segment/damage.hpp): a damaged
+  // link is recorded and replaced by a safe index, never followed outside the region.
+  LineageNode& nd(std::uint64_t n) const {
+    return nodes_[checked(n < geo_.capacity ? static_cast<std::uint32_t>(n) : shm::kNil,
+                          geo_.capacity, "lineage node link")];
+  }
+  LineageHeapEntry& hp(std::uint64_t i) const {
+    return heap_[checked(i < geo_.heap_capacity ? static_cast<std::uint32_t>(i) : shm::kNil,
+                         geo_.heap_capacity, "lineage heap index")];
+  }
+  shm::SlotMeta& sl(std::uint64_t s) const {
+    return slots_[checked(s < n_ ? static_cast<std::uint32_t>(s) : shm::kNil, n_,
+                          "lineage slot link")];
+  }
+  std::uint64_t heap_len() const {
+    const std::uint64_t len = h_->heap_len;
+    return len <= geo_.heap_capacity
+               ? len
+               : (note_damage("lineage heap length", len, geo_.heap_capacity), 0);
+  }
+
   void insert(std::uint32_t slot) override { insert_node(slot, /*renew_ticks=*/true); }
 
   void remove(std::uint32_t slot) override {  // a hit: the block leaves the pool, held
-    slots_[slot].backend_flags = 0;
+    sl(slot).backend_flags = 0;
     const std::uint32_t n = node_of(slot);
     if (n == kNil) {
       overflow_unlink(slot);
       return;
     }
     remove_node(n);
-    if (nodes_[n].kind() == NodeKind::kGhost) {
+    if (nd(n).kind() == NodeKind::kGhost) {
       // It keeps its children as a ghost linked to its parent: remember that in the slot, so a
       // rebuild links the ghost again while the block is held.
-      slots_[slot].backend_flags = shm::kLineageGhostLinked;
+      sl(slot).backend_flags = shm::kLineageGhostLinked;
     }
   }
 
@@ -129,8 +151,8 @@ class LineageBackend final : public InactiveBackend {
     if (h_->heap_len == 0) {
       return kNil;
     }
-    const std::uint32_t s = heap_[0].slot;
-    const std::uint32_t n = slots_[s].next;  // a Tick leaf's node (verify() checks it)
+    const std::uint32_t s = hp(0).slot;
+    const std::uint32_t n = sl(s).next;  // a Tick leaf's node (verify() checks it)
     if (n >= geo_.capacity) {
       return kNil;  // a damaged order, which verify() reports
     }
@@ -159,8 +181,8 @@ class LineageBackend final : public InactiveBackend {
     if (h_->heap_len == 0) {
       return kNil;
     }
-    const std::uint32_t n = chain_ahead(slots_[heap_[0].slot].next, ahead);
-    const std::uint32_t s = n == kNil ? kNil : nodes_[n].slot;  // kNil for a ghost
+    const std::uint32_t n = chain_ahead(sl(hp(0).slot).next, ahead);
+    const std::uint32_t s = n == kNil ? kNil : nd(n).slot;  // kNil for a ghost
     return s < n_ ? s : kNil;
   }
 
@@ -170,7 +192,7 @@ class LineageBackend final : public InactiveBackend {
     reset_region(h_, geo_);
     const std::vector<std::uint32_t> ids = slots_by_tick(slots_, n_, shm::SlotState::kInactive);
     for (std::uint32_t s : ids) {
-      if ((slots_[s].backend_flags & shm::kLineageOverflow) != 0) {
+      if ((sl(s).backend_flags & shm::kLineageOverflow) != 0) {
         overflow_push(s);
       } else {
         insert_node(s, /*renew_ticks=*/false);
@@ -180,8 +202,8 @@ class LineageBackend final : public InactiveBackend {
     // Deepest first, so a parent's ghost exists (as a placeholder) before it is linked in turn.
     std::vector<std::uint32_t> linked;
     for (std::uint32_t s = 0; s < n_; ++s) {
-      if (slots_[s].state == static_cast<std::uint8_t>(shm::SlotState::kPrimary) &&
-          (slots_[s].backend_flags & shm::kLineageGhostLinked) != 0) {
+      if (sl(s).state == static_cast<std::uint8_t>(shm::SlotState::kPrimary) &&
+          (sl(s).backend_flags & shm::kLineageGhostLinked) != 0) {
         linked.push_back(s);
       }
     }
@@ -191,7 +213,7 @@ class LineageBackend final : public InactiveBackend {
     for (std::uint32_t s : linked) {
       const SequenceHash h = hash_of(s);
       const std::uint32_t n = key_find(h.position(), h.current_fragment());
-      if (n == kNil || nodes_[n].kind() != NodeKind::kGhost || nodes_[n].parent != kNil ||
+      if (n == kNil || nd(n).kind() != NodeKind::kGhost || nd(n).parent != kNil ||
           h.position() == 0) {
         continue;
       }
@@ -205,7 +227,7 @@ class LineageBackend final : public InactiveBackend {
     }
     // Ghosts left without children (stale flags) go, as they would have at runtime.
     for (std::uint32_t n = 0; n < geo_.capacity; ++n) {
-      if (nodes_[n].kind() == NodeKind::kGhost && nodes_[n].first_child == kNil) {
+      if (nd(n).kind() == NodeKind::kGhost && nd(n).first_child == kNil) {
         prune_from(n, /*renew_ticks=*/false);
       }
     }
@@ -214,14 +236,14 @@ class LineageBackend final : public InactiveBackend {
     h_->leaves = shm::SlotList{kNil, kNil, 0};
     std::vector<std::uint32_t> leaves;
     for (std::uint32_t n = 0; n < geo_.capacity; ++n) {
-      LineageNode& node = nodes_[n];
+      LineageNode& node = nd(n);
       node.set_leaf(false);
       if (node.kind() == NodeKind::kReal) {
-        slots_[node.slot].prev = kNil;
+        sl(node.slot).prev = kNil;
         if (!fifo_) {
-          slots_[node.slot].next = n;
+          sl(node.slot).next = n;
         } else {
-          slots_[node.slot].next = kNil;
+          sl(node.slot).next = kNil;
         }
         if (node.first_child == kNil) {
           leaves.push_back(n);
@@ -260,7 +282,7 @@ class LineageBackend final : public InactiveBackend {
 
  private:
   SequenceHash hash_of(std::uint32_t slot) const {
-    return SequenceHash::from_parts(slots_[slot].hash_hi, slots_[slot].hash_lo);
+    return SequenceHash::from_parts(sl(slot).hash_hi, sl(slot).hash_lo);
   }
 
   // --- key index (linear probing, backward-shift deletion) ---
@@ -271,9 +293,7 @@ class LineageBackend final : public InactiveBackend {
   std::uint32_t home(std::uint32_t position, std::uint64_t fragment) const {
     return key_home(position, fragment, geo_.key_capacity);
   }
-  std::uint32_t home_of(std::uint32_t n) const {
-    return home(nodes_[n].position(), nodes_[n].fragment);
-  }
+  std::uint32_t home_of(std::uint32_t n) const { return home(nd(n).position(), nd(n).fragment); }
   std::uint32_t next(std::uint32_t i) const { return i + 1 == geo_.key_capacity ? 0 : i + 1; }
   /// Probe distance from bucket `from` to bucket `to` (cyclic).
   std::uint32_t dist(std::uint32_t from, std::uint32_t to) const {
@@ -296,8 +316,7 @@ class LineageBackend final : public InactiveBackend {
       const std::uint32_t bd = bucket_disp(b);
       if (bd == d || (bd == kKeyDispMax && d > kKeyDispMax)) {  // may have this home
         const std::uint32_t n = bucket_node(b);
-        if (n < geo_.capacity && nodes_[n].fragment == fragment &&
-            nodes_[n].position() == position) {
+        if (n < geo_.capacity && nd(n).fragment == fragment && nd(n).position() == position) {
           return n;
         }
       }
@@ -308,6 +327,9 @@ class LineageBackend final : public InactiveBackend {
     std::uint32_t i = home_of(n);
     std::uint32_t d = 0;
     while (keys_[i] != kNil) {
+      if (!within(d, geo_.key_capacity, "lineage key index probe length")) {
+        return;
+      }
       i = next(i);
       ++d;
     }
@@ -321,7 +343,10 @@ class LineageBackend final : public InactiveBackend {
       }
     }
     std::uint32_t hole = i;
-    for (std::uint32_t j = next(hole); keys_[j] != kNil; j = next(j)) {
+    std::uint32_t steps = 0;
+    for (std::uint32_t j = next(hole);
+         keys_[j] != kNil && within(++steps, geo_.key_capacity, "lineage key index cluster");
+         j = next(j)) {
       const std::uint32_t b = keys_[j];
       std::uint32_t d = bucket_disp(b);
       if (d == kKeyDispMax) {
@@ -345,8 +370,8 @@ class LineageBackend final : public InactiveBackend {
     if (n == kNil) {
       return kNil;
     }
-    h_->free_head = nodes_[n].next_sibling;
-    LineageNode& node = nodes_[n];
+    h_->free_head = nd(n).next_sibling;
+    LineageNode& node = nd(n);
     node.fragment = fragment;
     node.bits = position;
     node.set_kind(kind);
@@ -357,16 +382,16 @@ class LineageBackend final : public InactiveBackend {
   }
   void free_node(std::uint32_t n) {
     key_erase(n);
-    nodes_[n].bits = 0;
-    nodes_[n].set_kind(NodeKind::kFree);
-    nodes_[n].slot = kNil;
-    nodes_[n].next_sibling = h_->free_head;
+    nd(n).bits = 0;
+    nd(n).set_kind(NodeKind::kFree);
+    nd(n).slot = kNil;
+    nd(n).next_sibling = h_->free_head;
     h_->free_head = n;
   }
   /// Slot `ahead` steps after `s` in a list through the slots, kNil past its end.
   std::uint32_t walk_list(std::uint32_t s, std::uint32_t ahead) const {
     for (; ahead > 0 && s != kNil; --ahead) {
-      s = slots_[s].next;
+      s = sl(s).next;
     }
     return s;
   }
@@ -375,7 +400,7 @@ class LineageBackend final : public InactiveBackend {
   /// It does not check that: a wrong guess costs a useless prefetch, a check costs every time.
   std::uint32_t chain_ahead(std::uint32_t n, std::uint32_t steps) const {
     for (; steps > 0 && n < geo_.capacity; --steps) {
-      n = nodes_[n].parent;
+      n = nd(n).parent;
     }
     return n < geo_.capacity ? n : kNil;
   }
@@ -384,27 +409,25 @@ class LineageBackend final : public InactiveBackend {
   /// in the slot; FIFO order uses both slot links for the leaf list, so looks the key up.
   std::uint32_t node_of(std::uint32_t slot) const {
     if (!fifo_) {
-      const std::uint32_t n = slots_[slot].next;
-      return n < geo_.capacity && nodes_[n].kind() == NodeKind::kReal && nodes_[n].slot == slot
-                 ? n
-                 : kNil;
+      const std::uint32_t n = sl(slot).next;
+      return n < geo_.capacity && nd(n).kind() == NodeKind::kReal && nd(n).slot == slot ? n : kNil;
     }
     const SequenceHash h = hash_of(slot);
     const std::uint32_t n = key_find(h.position(), h.current_fragment());
-    return n != kNil && nodes_[n].kind() == NodeKind::kReal && nodes_[n].slot == slot ? n : kNil;
+    return n != kNil && nd(n).kind() == NodeKind::kReal && nd(n).slot == slot ? n : kNil;
   }
 
   void insert_node(std::uint32_t slot, bool renew_ticks) {
     const SequenceHash h = hash_of(slot);
     const std::uint32_t pos = h.position();
     std::uint32_t n = key_find(pos, h.current_fragment());
-    if (n != kNil && nodes_[n].kind() == NodeKind::kReal) {
+    if (n != kNil && nd(n).kind() == NodeKind::kReal) {
       overflow_push(slot);  // same key, another hash: never matched as its lineage
       return;
     }
     if (n != kNil) {  // a ghost placeholder (or a removed node with children) comes back
-      nodes_[n].set_kind(NodeKind::kReal);
-      nodes_[n].slot = slot;
+      nd(n).set_kind(NodeKind::kReal);
+      nd(n).slot = slot;
     } else {
       n = alloc_node(pos, h.current_fragment(), NodeKind::kReal, slot);
       if (n == kNil) {
@@ -412,11 +435,11 @@ class LineageBackend final : public InactiveBackend {
         return;
       }
     }
-    slots_[slot].backend_flags = 0;
-    slots_[slot].prev = kNil;
-    slots_[slot].next = fifo_ ? kNil : n;
+    sl(slot).backend_flags = 0;
+    sl(slot).prev = kNil;
+    sl(slot).next = fifo_ ? kNil : n;
     ++h_->real_count;
-    if (pos > 0 && nodes_[n].parent == kNil) {
+    if (pos > 0 && nd(n).parent == kNil) {
       std::uint32_t p = key_find(pos - 1, h.parent_fragment());
       if (p == kNil) {
         p = alloc_node(pos - 1, h.parent_fragment(), NodeKind::kGhost, kNil);
@@ -425,34 +448,34 @@ class LineageBackend final : public InactiveBackend {
         link_child(p, n);
       }
     }
-    if (nodes_[n].first_child == kNil) {
+    if (nd(n).first_child == kNil) {
       leaf_add(n, renew_ticks);
     }
   }
 
   void link_child(std::uint32_t p, std::uint32_t c) {
-    LineageNode& parent = nodes_[p];
+    LineageNode& parent = nd(p);
     if (parent.is_leaf()) {
       leaf_remove(p);  // a Real leaf that gets a child is interior now
     }
-    nodes_[c].parent = p;
-    nodes_[c].prev_sibling = kNil;
-    nodes_[c].next_sibling = parent.first_child;
+    nd(c).parent = p;
+    nd(c).prev_sibling = kNil;
+    nd(c).next_sibling = parent.first_child;
     if (parent.first_child != kNil) {
-      nodes_[parent.first_child].prev_sibling = c;
+      nd(parent.first_child).prev_sibling = c;
     }
     parent.first_child = c;
   }
 
   void unlink_child(std::uint32_t c) {
-    LineageNode& node = nodes_[c];
+    LineageNode& node = nd(c);
     if (node.prev_sibling != kNil) {
-      nodes_[node.prev_sibling].next_sibling = node.next_sibling;
+      nd(node.prev_sibling).next_sibling = node.next_sibling;
     } else if (node.parent != kNil) {
-      nodes_[node.parent].first_child = node.next_sibling;
+      nd(node.parent).first_child = node.next_sibling;
     }
     if (node.next_sibling != kNil) {
-      nodes_[node.next_sibling].prev_sibling = node.prev_sibling;
+      nd(node.next_sibling).prev_sibling = node.prev_sibling;
     }
     node.parent = node.prev_sibling = node.next_sibling = kNil;
   }
@@ -462,25 +485,25 @@ class LineageBackend final : public InactiveBackend {
   /// does in that case, in fewer steps: `n` goes, and its parent, now a leaf, takes its place in
   /// the heap. Returns the parent, or kNil (nothing done) in any other case.
   std::uint32_t evict_only_child(std::uint32_t n, std::uint32_t s) {
-    LineageNode& node = nodes_[n];
+    LineageNode& node = nd(n);
     const std::uint32_t p = node.parent;
     if (p == kNil || node.prev_sibling != kNil || node.next_sibling != kNil ||
-        nodes_[p].kind() != NodeKind::kReal) {
+        nd(p).kind() != NodeKind::kReal) {
       return kNil;
     }
-    slots_[s].prev = slots_[s].next = kNil;
+    sl(s).prev = sl(s).next = kNil;
     --h_->real_count;
-    nodes_[p].first_child = kNil;
+    nd(p).first_child = kNil;
     node.parent = kNil;
     free_node(n);  // a childless ghost would be pruned at once
-    nodes_[p].set_leaf(true);
+    nd(p).set_leaf(true);
     heap_fill(0, entry_of(p));  // the leaf count is unchanged: one left, one came
     return p;
   }
 
   /// A Real node's block leaves the pool (hit or eviction).
   void remove_node(std::uint32_t n) {
-    LineageNode& node = nodes_[n];
+    LineageNode& node = nd(n);
     const std::uint32_t slot = node.slot;
     if (node.is_leaf()) {
       if (fifo_) {
@@ -488,14 +511,14 @@ class LineageBackend final : public InactiveBackend {
       } else {
         // Its heap entry becomes a hole, filled below by the parent if the prune makes the
         // parent a leaf, else by the last entry.
-        hole_ = slots_[slot].prev;
+        hole_ = sl(slot).prev;
         node.set_leaf(false);
         --h_->leaf_count;
       }
     }
     node.set_kind(NodeKind::kGhost);
     node.slot = kNil;
-    slots_[slot].prev = slots_[slot].next = kNil;
+    sl(slot).prev = sl(slot).next = kNil;
     --h_->real_count;
     prune_from(n, /*renew_ticks=*/true);
     if (hole_ != kNoHole) {
@@ -503,7 +526,7 @@ class LineageBackend final : public InactiveBackend {
       hole_ = kNoHole;
       const std::uint64_t last = --h_->heap_len;
       if (hole != last) {
-        heap_fill(hole, heap_[last]);
+        heap_fill(hole, hp(last));
       }
     }
   }
@@ -511,14 +534,17 @@ class LineageBackend final : public InactiveBackend {
   /// Prunes childless ghosts upward from `n`; a Real parent left childless is a leaf again.
   void prune_from(std::uint32_t n, bool renew_ticks) {
     std::uint32_t cur = n;
-    while (nodes_[cur].kind() == NodeKind::kGhost && nodes_[cur].first_child == kNil) {
-      const std::uint32_t parent = nodes_[cur].parent;
+    for (std::uint32_t steps = 0;
+         nd(cur).kind() == NodeKind::kGhost && nd(cur).first_child == kNil &&
+         within(steps, geo_.capacity, "lineage parent chain");
+         ++steps) {
+      const std::uint32_t parent = nd(cur).parent;
       unlink_child(cur);
       free_node(cur);
-      if (parent == kNil || nodes_[parent].first_child != kNil) {
+      if (parent == kNil || nd(parent).first_child != kNil) {
         break;
       }
-      if (nodes_[parent].kind() == NodeKind::kReal) {
+      if (nd(parent).kind() == NodeKind::kReal) {
         leaf_add(parent, renew_ticks);
         break;
       }
@@ -528,28 +554,28 @@ class LineageBackend final : public InactiveBackend {
 
   // --- Tick leaf order: a 4-ary heap; a leaf's index is kept in its slot's prev link ---
   LineageHeapEntry entry_of(std::uint32_t n) const {
-    const std::uint32_t slot = nodes_[n].slot;
-    const std::uint64_t tick = slots_[slot].tick;
+    const std::uint32_t slot = nd(n).slot;
+    const std::uint64_t tick = sl(slot).tick;
     return LineageHeapEntry{static_cast<std::uint32_t>(tick),
                             static_cast<std::uint32_t>(tick >> 32), slot};
   }
   void heap_put(std::uint64_t i, const LineageHeapEntry& e) {
-    heap_[i] = e;
-    slots_[e.slot].prev = static_cast<std::uint32_t>(i);
+    hp(i) = e;
+    sl(e.slot).prev = static_cast<std::uint32_t>(i);
   }
   void sift_up(std::uint64_t i, const LineageHeapEntry& e) {
     while (i > 0) {
       const std::uint64_t p = (i - 1) / kArity;
-      if (!before(e, heap_[p])) {
+      if (!before(e, hp(p))) {
         break;
       }
-      heap_put(i, heap_[p]);
+      heap_put(i, hp(p));
       i = p;
     }
     heap_put(i, e);
   }
   void sift_down(std::uint64_t i, const LineageHeapEntry& e) {
-    const std::uint64_t len = h_->heap_len;
+    const std::uint64_t len = heap_len();
     for (;;) {
       const std::uint64_t first = kArity * i + 1;
       if (first >= len) {
@@ -558,14 +584,14 @@ class LineageBackend final : public InactiveBackend {
       const std::uint64_t end = std::min(first + kArity, len);
       std::uint64_t best = first;
       for (std::uint64_t c = first + 1; c < end; ++c) {
-        if (before(heap_[c], heap_[best])) {
+        if (before(hp(c), hp(best))) {
           best = c;
         }
       }
-      if (!before(heap_[best], e)) {
+      if (!before(hp(best), e)) {
         break;
       }
-      heap_put(i, heap_[best]);
+      heap_put(i, hp(best));
       i = best;
     }
     heap_put(i, e);
@@ -576,9 +602,9 @@ class LineageBackend final : public InactiveBackend {
   /// parent older than its evicted child (a chain going tip to root) takes the child's place at
   /// once.
   void heap_fill(std::uint64_t i, const LineageHeapEntry& e) {
-    if (!before(e, heap_[i])) {
+    if (!before(e, hp(i))) {
       sift_down(i, e);
-    } else if (i > 0 && before(e, heap_[(i - 1) / kArity])) {
+    } else if (i > 0 && before(e, hp((i - 1) / kArity))) {
       sift_up(i, e);
     } else {
       heap_put(i, e);
@@ -586,16 +612,16 @@ class LineageBackend final : public InactiveBackend {
   }
 
   void leaf_add(std::uint32_t n, bool renew_ticks) {
-    nodes_[n].set_leaf(true);
-    const std::uint32_t slot = nodes_[n].slot;
+    nd(n).set_leaf(true);
+    const std::uint32_t slot = nd(n).slot;
     if (fifo_) {
       if (renew_ticks) {
         // FIFO order is "when it became a leaf": record it in the slot so rebuild() can
         // restore it. The slot is logged like any other slot change.
         log_(slot);
-        slots_[slot].tick = ctl_->next_tick++;
+        sl(slot).tick = ctl_->next_tick++;
       }
-      list_push_back(h_->leaves, slots_, slot);
+      list_push_back(h_->leaves, slots_, n_, slot);
       h_->leaf_count = h_->leaves.length;
       return;
     }
@@ -611,28 +637,28 @@ class LineageBackend final : public InactiveBackend {
   }
 
   void leaf_remove(std::uint32_t n) {
-    nodes_[n].set_leaf(false);
-    const std::uint32_t slot = nodes_[n].slot;
+    nd(n).set_leaf(false);
+    const std::uint32_t slot = nd(n).slot;
     if (fifo_) {
-      list_unlink(h_->leaves, slots_, slot);
+      list_unlink(h_->leaves, slots_, n_, slot);
       h_->leaf_count = h_->leaves.length;
       return;
     }
     --h_->leaf_count;
-    const std::uint64_t i = slots_[slot].prev;
-    slots_[slot].prev = kNil;
+    const std::uint64_t i = sl(slot).prev;
+    sl(slot).prev = kNil;
     const std::uint64_t last = --h_->heap_len;
     if (i != last) {
-      heap_fill(i, heap_[last]);
+      heap_fill(i, hp(last));
     }
   }
 
   // --- overflow (through the slots' list links, by tick) ---
   void overflow_push(std::uint32_t slot) {
-    slots_[slot].backend_flags = shm::kLineageOverflow;  // so a rebuild puts it back here
-    list_push_back(h_->overflow, slots_, slot);
+    sl(slot).backend_flags = shm::kLineageOverflow;  // so a rebuild puts it back here
+    list_push_back(h_->overflow, slots_, n_, slot);
   }
-  void overflow_unlink(std::uint32_t slot) { list_unlink(h_->overflow, slots_, slot); }
+  void overflow_unlink(std::uint32_t slot) { list_unlink(h_->overflow, slots_, n_, slot); }
 
   shm::LineageHeader* h_;
   shm::LineageGeometry geo_;  // from the config, not from the region: a damaged header cannot

@@ -18,9 +18,9 @@ class LruBackend final : public InactiveBackend {
   explicit LruBackend(Segment& seg)
       : list_(seg.control()->inactive_list), slots_(seg.slots()), n_(seg.block_count()) {}
 
-  void insert(std::uint32_t slot) override { list_push_back(list_, slots_, slot); }
-  void remove(std::uint32_t slot) override { list_unlink(list_, slots_, slot); }
-  std::uint32_t pop_victim() override { return list_pop_front(list_, slots_); }
+  void insert(std::uint32_t slot) override { list_push_back(list_, slots_, n_, slot); }
+  void remove(std::uint32_t slot) override { list_unlink(list_, slots_, n_, slot); }
+  std::uint32_t pop_victim() override { return list_pop_front(list_, slots_, n_); }
   std::uint32_t peek_victim(std::uint32_t ahead) const override {
     std::uint32_t s = list_.head;
     for (; ahead > 0 && s != shm::kNil; --ahead) {
@@ -31,7 +31,7 @@ class LruBackend final : public InactiveBackend {
   std::uint64_t size() const override { return list_.length; }
 
   void rebuild() override {
-    list_assign(list_, slots_, slots_by_tick(slots_, n_, shm::SlotState::kInactive));
+    list_assign(list_, slots_, n_, slots_by_tick(slots_, n_, shm::SlotState::kInactive));
   }
 
   void verify(std::vector<std::string>& problems) const override {

@@ -29,16 +29,16 @@ class MultiLruBackend final : public InactiveBackend {
     const std::uint32_t f = sketch_.estimate(slots_[slot].hash_hi, slots_[slot].hash_lo);
     const std::uint8_t level = f < t_[0] ? 0 : f < t_[1] ? 1 : f < t_[2] ? 2 : 3;
     slots_[slot].level = level;
-    list_push_back(lists_[level], slots_, slot);
+    list_push_back(lists_[level], slots_, n_, slot);
   }
   void remove(std::uint32_t slot) override {
-    list_unlink(lists_[slots_[slot].level & 3], slots_, slot);
+    list_unlink(lists_[slots_[slot].level & 3], slots_, n_, slot);
   }
   std::uint32_t pop_victim() override {
     for (int i = 0; i < 4; ++i) {
       auto& l = lists_[i];
       if (l.length > 0) {
-        return list_pop_front(l, slots_);
+        return list_pop_front(l, slots_, n_);
       }
     }
     return shm::kNil;
@@ -65,7 +65,7 @@ class MultiLruBackend final : public InactiveBackend {
       ids[slots_[s].level & 3].push_back(s);
     }
     for (int l = 0; l < 4; ++l) {
-      list_assign(lists_[l], slots_, ids[l]);
+      list_assign(lists_[l], slots_, n_, ids[l]);
     }
   }
 

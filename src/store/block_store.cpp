@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "eviction/tiny_lfu.hpp"
+#include "segment/damage.hpp"
 #include "segment/liveness.hpp"
 #include "segment/slot_atomics.hpp"
 #include "segment/slot_list.hpp"
@@ -40,7 +41,7 @@ BlockStore::BlockStore(Segment& segment)
       procs_(segment.procs()),
       n_(segment.block_count()),
       default_ror_(segment.config().default_reset_on_release ? 1 : 0),
-      index_(segment.index(), segment.index_capacity(), segment.slots()),
+      index_(segment.index(), segment.index_capacity(), segment.slots(), segment.block_count()),
       events_(segment),
       backend_(make_inactive_backend(segment, [this](std::uint32_t s) { log(s); })) {}
 
@@ -65,6 +66,16 @@ void BlockStore::init_regions(Segment& segment) {
 void BlockStore::check_locked() const noexcept {
 #ifdef KVBM_STORE_CHECKS
   if (!held_by_this_thread(ctl_->mutex)) {
+    // glibc also recorded the owner when this thread took the mutex: if that still names this
+    // thread, the lock word was damaged under us (another process or a stray write), which is
+    // a broken segment (SegmentCorrupted), not a bug in the caller.
+    const auto owner =
+        static_cast<long>(__atomic_load_n(&ctl_->mutex.m.__data.__owner, __ATOMIC_RELAXED));
+    if (owner == ::syscall(SYS_gettid)) {
+      note_damage("store mutex lock word (changed while this thread held it)",
+                  static_cast<unsigned>(ctl_->mutex.m.__data.__lock), 0);
+      return;
+    }
     std::fprintf(stderr, "kvbm: store changed without holding the store mutex\n");
     std::abort();
   }
@@ -82,6 +93,7 @@ void BlockStore::check_in_txn() const noexcept {
 }
 
 void BlockStore::begin(shm::IntentOp op, std::uint32_t actor) {
+  clear_damage();
 #ifdef KVBM_STORE_CHECKS
   KVBM_STORE_CHECK_LOCKED();
   in_txn_ = true;
@@ -106,6 +118,11 @@ void BlockStore::commit() {
 #ifdef KVBM_STORE_CHECKS
   in_txn_ = false;
 #endif
+  if (!damage_seen().empty()) {
+    // The operation met a broken structure and stopped trusting it: nobody may build on what it
+    // left. The caller reports SegmentCorrupted; kvbm-ctl repair rebuilds from the slots.
+    poison();
+  }
 #ifdef KVBM_BENCH_NO_INTENT
   return;
 #endif
@@ -210,7 +227,7 @@ void BlockStore::to_reset(std::uint32_t slot) noexcept {
   m.holders = 0;
   m.keepalive = 0;
   m.tick = ctl_->next_tick++;
-  list_push_back(ctl_->free_list, slots_, slot);
+  list_push_back(ctl_->free_list, slots_, n_, slot);
 }
 
 void BlockStore::to_mutable(std::uint32_t slot, std::uint32_t actor) noexcept {
@@ -270,13 +287,21 @@ bool BlockStore::allocate(Txn& txn,
   std::uint64_t from_inactive = 0;
   for (std::size_t i = 0; i < n; ++i) {
     checkpoint(4);
-    std::uint32_t s = list_pop_front(ctl_->free_list, slots_);
+    std::uint32_t s = list_pop_front(ctl_->free_list, slots_, n_);
     if (s != kNil) {
+      if (slots_[s].state != st(SlotState::kReset)) {
+        note_damage("state of a slot on the free list", slots_[s].state, shm::kSlotStateCount);
+        break;  // never hand out a slot someone else has
+      }
       ++from_reset;
     } else {
       s = backend_->pop_victim();
       if (s == kNil) {
         break;  // unreachable: the caller checked the pool sizes under this lock
+      }
+      if (s >= n_ || slots_[s].state != st(SlotState::kInactive)) {
+        note_damage("eviction victim (slot, or its state)", s, n_);
+        break;
       }
       ++from_inactive;
       // A later victim's hash-index bucket is a likely cache (and TLB) miss in a large segment:
@@ -595,7 +620,7 @@ void BlockStore::release_holder(Txn&, std::uint32_t slot, std::uint32_t actor) n
     return;
   }
   if (m.state == st(SlotState::kDuplicate)) {
-    const std::uint32_t p = m.dup_primary;
+    const std::uint32_t p = checked(m.dup_primary, n_, "duplicate's primary link");
     to_reset(slot);
     KVBM_CRASH_POINT("release.duplicate_reset");
     auto& pm = slots_[p];
@@ -613,10 +638,14 @@ void BlockStore::set_reset_on_release(Txn&, std::uint32_t slot, bool value) noex
 }
 
 std::uint64_t BlockStore::drain_inactive(Txn&) noexcept {
-  for (;;) {
+  for (std::uint64_t steps = 0;; ++steps) {
     checkpoint(4);
     const std::uint32_t s = backend_->pop_victim();
-    if (s == kNil) {
+    if (s == kNil || !within(steps, n_, "inactive pool length")) {
+      break;
+    }
+    if (s >= n_ || slots_[s].state != st(SlotState::kInactive)) {
+      note_damage("slot drained from the inactive pool (or its state)", s, n_);
       break;
     }
     index_.erase(slots_[s].hash_hi, slots_[s].hash_lo, s);

@@ -10,6 +10,7 @@
 
 #include "kvbm/sequence_hash.hpp"
 
+#include "segment/damage.hpp"
 #include "shm/hash_index_entry.hpp"
 #include "shm/slot.hpp"
 
@@ -25,27 +26,40 @@ inline std::uint64_t hash_mix(std::uint64_t hi, std::uint64_t lo) {
 
 class HashIndex {
  public:
-  HashIndex(shm::IndexEntry* buckets, std::uint32_t capacity, shm::SlotMeta* slots)
-      : b_(buckets), cap_(capacity), slots_(slots) {}
+  HashIndex(shm::IndexEntry* buckets,
+            std::uint32_t capacity,
+            shm::SlotMeta* slots,
+            std::uint32_t slot_count)
+      : b_(buckets), cap_(capacity), slots_(slots), n_(slot_count) {}
 
+  // Every probe sequence is bounded by the capacity and every bucket's slot is checked before
+  // use (segment/damage.hpp): a damaged table ends the probe instead of looping or reading
+  // outside the slot table.
   std::uint32_t find(std::uint64_t hi, std::uint64_t lo) const {
     const auto tag = static_cast<std::uint32_t>(hash_mix(hi, lo));
-    for (std::uint32_t i = home(tag);; i = next(i)) {
+    std::uint32_t i = home(tag);
+    for (std::uint32_t probes = 0; within(probes, cap_, "hash index probe length"); ++probes) {
       const shm::IndexEntry e = b_[i];
       if (e.slot == shm::kNil) {
         return shm::kNil;
       }
-      if (e.tag == tag && slots_[e.slot].hash_lo == lo && slots_[e.slot].hash_hi == hi) {
-        return e.slot;
+      const std::uint32_t s = checked(e.slot, n_, "hash index bucket slot");
+      if (e.tag == tag && slots_[s].hash_lo == lo && slots_[s].hash_hi == hi) {
+        return s;
       }
+      i = next(i);
     }
+    return shm::kNil;
   }
 
   /// Requires: the hash is absent and the table is not full (capacity >= 2 x block_count).
   void insert(std::uint64_t hi, std::uint64_t lo, std::uint32_t slot) {
     const auto tag = static_cast<std::uint32_t>(hash_mix(hi, lo));
     std::uint32_t i = home(tag);
-    while (b_[i].slot != shm::kNil) {
+    for (std::uint32_t probes = 0; b_[i].slot != shm::kNil; ++probes) {
+      if (!within(probes, cap_, "hash index probe length")) {
+        return;
+      }
       i = next(i);
     }
     b_[i] = shm::IndexEntry{slot, tag};
@@ -54,17 +68,18 @@ class HashIndex {
   /// Removes the bucket pointing at `slot` (found through its hash); no-op if absent.
   void erase(std::uint64_t hi, std::uint64_t lo, std::uint32_t slot) {
     std::uint32_t i = home(static_cast<std::uint32_t>(hash_mix(hi, lo)));
-    while (b_[i].slot != slot) {
-      if (b_[i].slot == shm::kNil) {
+    for (std::uint32_t probes = 0; b_[i].slot != slot; ++probes) {
+      if (b_[i].slot == shm::kNil || !within(probes, cap_, "hash index probe length")) {
         return;
       }
       i = next(i);
     }
     // Backward shift: pull later entries of the cluster into the hole when their home allows.
     std::uint32_t hole = i;
+    std::uint32_t probes = 0;
     for (std::uint32_t j = next(hole);; j = next(j)) {
       const shm::IndexEntry e = b_[j];
-      if (e.slot == shm::kNil) {
+      if (e.slot == shm::kNil || !within(++probes, cap_, "hash index cluster length")) {
         break;
       }
       const std::uint32_t h = home(e.tag);
@@ -102,6 +117,7 @@ class HashIndex {
   shm::IndexEntry* b_;
   std::uint32_t cap_;
   shm::SlotMeta* slots_;
+  std::uint32_t n_;
 };
 
 }  // namespace kvbm::detail

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "segment/damage.hpp"
 #include "segment/slot_list.hpp"
 #include "store/block_store.hpp"
 #include "store/crash_point.hpp"
@@ -117,10 +118,14 @@ std::string BlockStore::RecoveryReport::describe() const {
 
 std::vector<std::string> BlockStore::recover_or_poison() noexcept {
   std::vector<std::string> problems;
+  clear_damage();
   try {
     problems = recover();
   } catch (const std::exception& e) {
     problems.push_back(e.what());
+  }
+  if (!damage_seen().empty()) {
+    problems.push_back(damage_seen());
   }
   if (problems.empty() && ctl_->mutex.consistent()) {
     return problems;
@@ -169,7 +174,7 @@ std::vector<std::string> BlockStore::rebuild_derived() {
       problems.push_back(fmt::format("slot {}: duplicate without a primary", s));
     }
   }
-  list_assign(ctl_->free_list, slots_, slots_by_tick(slots_, n_, SlotState::kReset));
+  list_assign(ctl_->free_list, slots_, n_, slots_by_tick(slots_, n_, SlotState::kReset));
   backend_->rebuild();
   index_.clear();
   for (std::uint32_t s = 0; s < n_; ++s) {

@@ -53,6 +53,10 @@ Result<StoreLock> lock_unattached(BlockStore& store,
     case shm::LockStatus::kNotRecoverable:
       store.poison();
       return tl::unexpected(Error{Errc::kCorrupted, 0, "the store mutex is unrecoverable"});
+    case shm::LockStatus::kCorrupted:
+      return tl::unexpected(Error{Errc::kCorrupted, 0,
+                                  "the store mutex is damaged (its type or lock word is not one "
+                                  "glibc writes); repair re-initialises it"});
     default:
       return tl::unexpected(Error{Errc::kSystem, 0, "pthread_mutex_timedlock failed"});
   }
