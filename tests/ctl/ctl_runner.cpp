@@ -31,7 +31,9 @@ std::string describe(const std::vector<std::string>& args, const Run& r) {
                      r.err.substr(0, 4000));
 }
 
-Run run_ctl(const std::vector<std::string>& args, int timeout_s) {
+Run run_ctl(const std::vector<std::string>& args,
+            int timeout_s,
+            const std::function<bool(const Run&)>& stop) {
   int out_pipe[2], err_pipe[2];
   REQUIRE(::pipe2(out_pipe, O_CLOEXEC) == 0);
   REQUIRE(::pipe2(err_pipe, O_CLOEXEC) == 0);
@@ -70,6 +72,7 @@ Run run_ctl(const std::vector<std::string>& args, int timeout_s) {
   pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
   std::string* sinks[2] = {&r.out, &r.err};
   int open_fds = 2;
+  bool stopped = false;
   while (open_fds > 0) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
@@ -89,6 +92,10 @@ Run run_ctl(const std::vector<std::string>& args, int timeout_s) {
         const ssize_t got = ::read(fds[i].fd, buf, sizeof(buf));
         if (got > 0) {
           sinks[i]->append(buf, static_cast<std::size_t>(got));
+          if (stop && !stopped && stop(r)) {
+            stopped = true;
+            ::kill(pid, SIGTERM);
+          }
         } else if (got == 0 || errno != EINTR) {
           ::close(fds[i].fd);
           fds[i].fd = -1;

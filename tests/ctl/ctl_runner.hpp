@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,8 +25,12 @@ struct Run {
 };
 
 std::string describe(const std::vector<std::string>& args, const Run& r);
-/// Runs kvbm-ctl with `args`; SIGKILLs it after `timeout_s` (then timed_out is set).
-Run run_ctl(const std::vector<std::string>& args, int timeout_s = 10);
+/// Runs kvbm-ctl with `args`; SIGKILLs it after `timeout_s` (then timed_out is set). With `stop`:
+/// called whenever output arrives; once it returns true the tool gets SIGTERM (for commands that
+/// run until stopped, e.g. events).
+Run run_ctl(const std::vector<std::string>& args,
+            int timeout_s = 10,
+            const std::function<bool(const Run&)>& stop = nullptr);
 json parse_json(const Run& r);
 bool contains(const std::string& haystack, const std::string& needle);
 std::string lower(std::string s);

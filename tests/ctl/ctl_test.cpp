@@ -3,7 +3,9 @@
 // timeout) against real segments: round trips, agreement with the library, dead workers, a worker
 // killed inside the store mutex, every output format, usage errors, damaged segments and a seeded
 // random-corruption run.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -14,16 +16,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
 #include <regex>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -1709,4 +1714,178 @@ TEST_CASE("list --all shows other objects as not a kvbm segment and list shows d
   }
   ::unlink(shm_path(fifo).c_str());
   ::unlink(shm_path(junk).c_str());
+}
+
+// --- events (DESIGN.md section 10) ---------------------------------------------------------------
+
+namespace {
+
+// A segment that keeps token ids, with one chain of `n` blocks registered (dropped: Inactive).
+std::vector<SequenceHash> store_chain(BlockManager& m, std::uint32_t seed, std::size_t n) {
+  const std::uint32_t bs = m.block_size();
+  std::vector<std::uint32_t> toks(n * bs);
+  for (std::size_t i = 0; i < toks.size(); ++i) {
+    toks[i] = seed * 100000 + static_cast<std::uint32_t>(i);
+  }
+  const auto hs = kvbm::hash_token_blocks(toks, bs);
+  auto blocks = m.allocate_blocks(n).value();
+  std::vector<kvbm::CompleteBlock> staged;
+  for (std::size_t i = 0; i < n; ++i) {
+    staged.push_back(std::move(blocks[i])
+                         .stage(hs[i], bs, std::span<const std::uint32_t>(toks).subspan(i * bs, bs))
+                         .value());
+  }
+  (void)m.register_blocks(std::move(staged));
+  return hs;
+}
+
+std::vector<json> json_lines(const std::string& out) {
+  std::vector<json> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) {
+      lines.push_back(json::parse(line));
+    }
+  }
+  return lines;
+}
+
+std::size_t count_lines(const std::string& out) {
+  return static_cast<std::size_t>(std::count(out.begin(), out.end(), '\n'));
+}
+
+}  // namespace
+
+TEST_CASE("events: a missing segment, a bad endpoint, a port in use fail at once", "[ctl]") {
+  { CTL_EXPECT(r, 3, "events", "kvbm-no-such-segment-ev"); }
+  TempSegment seg("ctl-ev");
+  auto cfg = seg.config(16);
+  cfg.store_token_ids = true;
+  auto m = seg.create(cfg);
+  for (const char* bad : {"nonsense", "tcp://*:99999", "tcp://*:http", "udp://*:5000", "ipc://"}) {
+    CTL_EXPECT(r, 2, "events", seg.name(), "--endpoint", bad);
+    CHECK(contains(r.err, "endpoint"));
+  }
+  { CTL_EXPECT(r, 2, "events", seg.name(), "--encoding", "yaml"); }
+  { CTL_EXPECT(r, 2, "events", seg.name(), "--endpoint", "tcp://*:65535", "--dp-rank", "3"); }
+  // A port some other socket listens on.
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(s >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  addr.sin_port = 0;
+  REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::listen(s, 1) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  const std::string ep = fmt::format("tcp://*:{}", ntohs(addr.sin_port));
+  {
+    CTL_EXPECT(r, 1, "events", seg.name(), "--endpoint", ep);
+    CHECK(contains(r.err, ep));
+    CHECK(r.seconds < 5);
+  }
+  ::close(s);
+}
+
+TEST_CASE("events: segments without token ids or without a ring are refused", "[ctl]") {
+  TempSegment seg("ctl-ev");
+  auto m = seg.create(16);  // store_token_ids false
+  {
+    CTL_EXPECT(r, 1, "events", seg.name(), "--json");
+    CHECK(contains(r.err, "--no-tokens"));
+  }
+  TempSegment none("ctl-ev");
+  auto cfg = none.config(16);
+  cfg.event_capacity = 0;
+  auto m2 = none.create(cfg);
+  {
+    CTL_EXPECT(r, 1, "events", none.name(), "--json", "--no-tokens");
+    CHECK(contains(r.err, "event_capacity"));
+  }
+}
+
+TEST_CASE("events --json prints the snapshot, then live events, and stops on SIGTERM", "[ctl]") {
+  TempSegment seg("ctl-ev");
+  auto cfg = seg.config(8);
+  cfg.eviction = kvbm::EvictionPolicy::kLru;
+  cfg.block_size = 4;
+  cfg.store_token_ids = true;
+  auto m = seg.create(cfg);
+  const auto first = store_chain(*m, 1, 2);
+  std::vector<SequenceHash> second;
+  // The snapshot is 1 line per chain run + AllBlocksCleared; then one chain registered in one
+  // call is one BlockStored line; then the pool overflows: a BlockRemoved line.
+  int phase = 0;
+  const std::vector<std::string> args{"events", seg.name(), "--json", "--batch-ms", "5"};
+  const Run r = run_ctl(args, 20, [&](const Run& now) {
+    const std::size_t n = count_lines(now.out);
+    if (phase == 0 && n >= 2) {
+      phase = 1;
+      second = store_chain(*m, 2, 3);
+    } else if (phase == 1 && n >= 3) {
+      phase = 2;
+      store_chain(*m, 3, 6);  // 8 blocks: evicts three
+    } else if (phase == 2 && contains(now.out, "BlockRemoved")) {
+      return true;
+    }
+    return false;
+  });
+  INFO(describe(args, r));
+  REQUIRE_FALSE(r.timed_out);
+  CHECK(r.code == 0);  // SIGTERM: clean stop
+  const auto lines = json_lines(r.out);
+  REQUIRE(lines.size() >= 4);
+  CHECK(lines[0] == json{{"type", "AllBlocksCleared"}, {"seq", 0}});
+  const json& snap = lines[1];
+  // `type` is the first key of every event on the wire.
+  for (std::istringstream in(r.out); !in.eof();) {
+    std::string line;
+    std::getline(in, line);
+    CHECK((line.empty() || line.rfind("{\"type\":", 0) == 0));
+  }
+  CHECK(snap.at("type") == "BlockStored");
+  CHECK(snap.at("seq") == 0);
+  CHECK(snap.at("block_size") == 4);
+  CHECK(snap.at("medium") == "CPU");
+  CHECK(snap.at("lora_id").is_null());
+  CHECK(snap.at("lora_name").is_null());
+  CHECK(snap.at("parent_block_hash").is_null());
+  CHECK(snap.at("block_hashes") == json{first[0].current_fragment(), first[1].current_fragment()});
+  CHECK(snap.at("token_ids") ==
+        json{100000, 100001, 100002, 100003, 100004, 100005, 100006, 100007});
+  const json& live = lines[2];
+  CHECK(live.at("type") == "BlockStored");
+  CHECK(live.at("seq") == 1);
+  CHECK(live.at("block_hashes").size() == 3);
+  CHECK(live.at("block_hashes")[0] == second[0].current_fragment());
+  CHECK(live.at("token_ids").size() == 12);
+  bool removed = false;
+  for (const json& l : lines) {
+    if (l.at("type") == "BlockRemoved") {
+      removed = true;
+      CHECK(l.size() == 4);  // type, block_hashes, medium, seq
+      CHECK(l.at("medium") == "CPU");
+    }
+  }
+  CHECK(removed);
+}
+
+TEST_CASE("events --no-tokens publishes location-only events", "[ctl]") {
+  TempSegment seg("ctl-ev");
+  auto m = seg.create(8);
+  auto b = std::move(m->allocate_blocks(1).value()[0]);
+  const auto h = SequenceHash::make(42, std::nullopt, 0);
+  auto held = m->register_block(std::move(b).stage(h, 16).value());
+  const std::vector<std::string> args{"events",      seg.name(), "--json",
+                                      "--no-tokens", "--medium", "GPU"};
+  const Run r = run_ctl(args, 20, [](const Run& now) { return count_lines(now.out) >= 2; });
+  INFO(describe(args, r));
+  REQUIRE_FALSE(r.timed_out);
+  CHECK(r.code == 0);
+  const auto lines = json_lines(r.out);
+  REQUIRE(lines.size() >= 2);
+  CHECK(lines[1].at("block_hashes") == json{h.current_fragment()});
+  CHECK(lines[1].at("token_ids") == json::array());
+  CHECK(lines[1].at("medium") == "GPU");
 }

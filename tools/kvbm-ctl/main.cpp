@@ -33,6 +33,7 @@ std::vector<Command> add_commands(CLI::App& app) {
   KVBM_CTL_COMMAND(metrics);
   KVBM_CTL_COMMAND(list);
   KVBM_CTL_COMMAND(destroy);
+  KVBM_CTL_COMMAND(events);
   return commands;
 }
 
