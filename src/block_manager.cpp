@@ -524,7 +524,7 @@ BlockInfo BlockManager::inspect_block(BlockId id) const {
 
 MetricsSnapshot BlockManager::metrics() const {
   auto lock = att_->lock();
-  return detail::read_metrics(att_->segment());
+  return detail::read_metrics(att_->segment(), att_->me());
 }
 
 }  // namespace kvbm

@@ -5,6 +5,7 @@
 #include <array>
 
 #include "metrics_reader.hpp"
+#include "segment/processes.hpp"
 
 namespace kvbm {
 namespace {
@@ -12,28 +13,58 @@ namespace {
 struct Field {
   std::string_view name;
   std::int64_t MetricsSnapshot::*member;
+  std::string_view help;
 };
 
-constexpr std::array<Field, 19> kFields{{
-    {"kvbm_allocations_total", &MetricsSnapshot::allocations_total},
-    {"kvbm_allocations_from_reset_total", &MetricsSnapshot::allocations_from_reset_total},
-    {"kvbm_evictions_total", &MetricsSnapshot::evictions_total},
-    {"kvbm_registrations_total", &MetricsSnapshot::registrations_total},
-    {"kvbm_duplicate_blocks_total", &MetricsSnapshot::duplicate_blocks_total},
-    {"kvbm_registration_dedup_total", &MetricsSnapshot::registration_dedup_total},
-    {"kvbm_stagings_total", &MetricsSnapshot::stagings_total},
-    {"kvbm_match_hashes_requested_total", &MetricsSnapshot::match_hashes_requested_total},
-    {"kvbm_match_blocks_returned_total", &MetricsSnapshot::match_blocks_returned_total},
-    {"kvbm_scan_hashes_requested_total", &MetricsSnapshot::scan_hashes_requested_total},
-    {"kvbm_scan_blocks_returned_total", &MetricsSnapshot::scan_blocks_returned_total},
-    {"kvbm_reaped_processes_total", &MetricsSnapshot::reaped_processes_total},
-    {"kvbm_recoveries_total", &MetricsSnapshot::recoveries_total},
-    {"kvbm_events_total", &MetricsSnapshot::events_total},
-    {"kvbm_reset_pool_size", &MetricsSnapshot::reset_pool_size},
-    {"kvbm_inactive_pool_size", &MetricsSnapshot::inactive_pool_size},
-    {"kvbm_inflight_mutable", &MetricsSnapshot::inflight_mutable},
-    {"kvbm_inflight_immutable", &MetricsSnapshot::inflight_immutable},
-    {"kvbm_attached_processes", &MetricsSnapshot::attached_processes},
+constexpr std::array<Field, 23> kFields{{
+    {"kvbm_allocations_total", &MetricsSnapshot::allocations_total,
+     "Blocks handed out by allocate_blocks (from the reset pool or by eviction)."},
+    {"kvbm_allocations_from_reset_total", &MetricsSnapshot::allocations_from_reset_total,
+     "Blocks allocated from the reset pool (no eviction needed)."},
+    {"kvbm_evictions_total", &MetricsSnapshot::evictions_total,
+     "Cached (inactive) blocks evicted to satisfy allocations."},
+    {"kvbm_registrations_total", &MetricsSnapshot::registrations_total,
+     "Blocks passed to register_block(s), duplicates and rejections included."},
+    {"kvbm_duplicate_blocks_total", &MetricsSnapshot::duplicate_blocks_total,
+     "Registrations that became a duplicate of an existing primary (policy allow)."},
+    {"kvbm_registration_dedup_total", &MetricsSnapshot::registration_dedup_total,
+     "Registrations answered with the existing primary instead (policy reject)."},
+    {"kvbm_stagings_total", &MetricsSnapshot::stagings_total,
+     "Mutable blocks staged with a sequence hash."},
+    {"kvbm_match_hashes_requested_total", &MetricsSnapshot::match_hashes_requested_total,
+     "Hashes passed to match_blocks."},
+    {"kvbm_match_blocks_returned_total", &MetricsSnapshot::match_blocks_returned_total,
+     "Blocks returned by match_blocks (the cached prefix)."},
+    {"kvbm_scan_hashes_requested_total", &MetricsSnapshot::scan_hashes_requested_total,
+     "Hashes passed to match_blocks_scattered and scan_matches."},
+    {"kvbm_scan_blocks_returned_total", &MetricsSnapshot::scan_blocks_returned_total,
+     "Blocks returned by match_blocks_scattered and scan_matches."},
+    {"kvbm_reaped_processes_total", &MetricsSnapshot::reaped_processes_total,
+     "Dead processes whose blocks were released by a reaper."},
+    {"kvbm_recoveries_total", &MetricsSnapshot::recoveries_total,
+     "Recoveries after a process died holding the store lock."},
+    {"kvbm_events_total", &MetricsSnapshot::events_total,
+     "KV events (stored, removed, cleared) written to the segment's event ring."},
+    {"kvbm_prefix_cache_queries_total", &MetricsSnapshot::prefix_cache_queries_total,
+     "Tokens looked up by match_blocks (block_size per hash), as vLLM counts prefix-cache "
+     "queries."},
+    {"kvbm_prefix_cache_hits_total", &MetricsSnapshot::prefix_cache_hits_total,
+     "Tokens found cached by match_blocks (block_size per block returned), as vLLM counts "
+     "prefix-cache hits."},
+    {"kvbm_reset_pool_size", &MetricsSnapshot::reset_pool_size,
+     "Blocks in the reset pool (free, no content)."},
+    {"kvbm_inactive_pool_size", &MetricsSnapshot::inactive_pool_size,
+     "Cached blocks nobody holds (matchable, evictable)."},
+    {"kvbm_inflight_mutable", &MetricsSnapshot::inflight_mutable,
+     "Blocks allocated and not yet staged."},
+    {"kvbm_inflight_immutable", &MetricsSnapshot::inflight_immutable,
+     "Registered blocks held by at least one process (primaries and duplicates)."},
+    {"kvbm_attached_processes", &MetricsSnapshot::attached_processes,
+     "Process-table entries in use, dead but unreaped ones included."},
+    {"kvbm_capacity_blocks", &MetricsSnapshot::capacity_blocks,
+     "Blocks in the segment (block_count)."},
+    {"kvbm_dead_processes", &MetricsSnapshot::dead_processes,
+     "Process-table entries whose process died and that are not reaped yet."},
 }};
 
 }  // namespace
@@ -58,6 +89,15 @@ std::vector<std::pair<std::string_view, std::int64_t>> MetricsSnapshot::all() co
 
 bool MetricsSnapshot::is_gauge(std::string_view name) {
   return !name.ends_with("_total");
+}
+
+std::string_view MetricsSnapshot::help(std::string_view name) {
+  for (const Field& f : kFields) {
+    if (f.name == name) {
+      return f.help;
+    }
+  }
+  return {};
 }
 
 namespace detail {
@@ -103,7 +143,7 @@ PoolCounts read_counts(const Segment& seg) {
                     get(shm::SlotState::kInactive)};
 }
 
-MetricsSnapshot read_metrics(const Segment& seg) {
+MetricsSnapshot read_metrics(const Segment& seg, std::uint32_t self) {
   const auto* ctl = seg.control();
   auto counter = [&](shm::Counter c) {
     return static_cast<std::int64_t>(ctl->counters[c].load(std::memory_order_relaxed));
@@ -128,6 +168,11 @@ MetricsSnapshot read_metrics(const Segment& seg) {
   m.reaped_processes_total = counter(shm::kReapedProcesses);
   m.recoveries_total = counter(shm::kRecoveries);
   m.events_total = counter(shm::kEvents);
+  // A hash names one complete block of block_size tokens (hash_token_blocks: one SequenceHash per
+  // complete block), so the token counts follow from the block counts.
+  const auto block_size = static_cast<std::int64_t>(seg.config().block_size);
+  m.prefix_cache_queries_total = m.match_hashes_requested_total * block_size;
+  m.prefix_cache_hits_total = m.match_blocks_returned_total * block_size;
   m.reset_pool_size = state(shm::SlotState::kReset);
   m.inactive_pool_size = state(shm::SlotState::kInactive);
   m.inflight_mutable =  // Mutable + Staged are counted together; CompleteBlocks do not count
@@ -142,6 +187,8 @@ MetricsSnapshot read_metrics(const Segment& seg) {
                     : 0;
   }
   m.attached_processes = attached;
+  m.capacity_blocks = static_cast<std::int64_t>(seg.block_count());
+  m.dead_processes = static_cast<std::int64_t>(count_dead_processes(seg, self));
   return m;
 }
 

@@ -27,12 +27,18 @@ struct MetricsSnapshot {
   std::int64_t reaped_processes_total = 0;
   std::int64_t recoveries_total = 0;
   std::int64_t events_total = 0;  // KV events written to the segment's ring (section 10)
+  // Tokens asked for / found by match_blocks, as vLLM's prefix-cache metrics count them: a hash
+  // stands for one complete block of block_size tokens (hit rate = hits / queries).
+  std::int64_t prefix_cache_queries_total = 0;
+  std::int64_t prefix_cache_hits_total = 0;
   // gauges
   std::int64_t reset_pool_size = 0;
   std::int64_t inactive_pool_size = 0;
   std::int64_t inflight_mutable = 0;
   std::int64_t inflight_immutable = 0;
   std::int64_t attached_processes = 0;
+  std::int64_t capacity_blocks = 0;  // block_count of the segment
+  std::int64_t dead_processes = 0;   // entries whose process died and that are not reaped yet
 
   /// Value by full name ("kvbm_allocations_total"); nullopt for an unknown name.
   std::optional<std::int64_t> get(std::string_view name) const;
@@ -40,6 +46,8 @@ struct MetricsSnapshot {
   std::vector<std::pair<std::string_view, std::int64_t>> all() const;
   /// True for the gauges (the names without the "_total" suffix).
   static bool is_gauge(std::string_view name);
+  /// One-line description of a metric (the Prometheus HELP text); empty for an unknown name.
+  static std::string_view help(std::string_view name);
 };
 
 struct PoolCounts {

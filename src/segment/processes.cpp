@@ -58,6 +58,18 @@ std::vector<ProcessView> list_processes(const Segment& seg) {
   return out;
 }
 
+std::size_t count_dead_processes(const Segment& seg, std::uint32_t skip) {
+  std::size_t dead = 0;
+  for (std::uint32_t q = 0; q < seg.max_processes(); ++q) {
+    if (q == skip || seg.procs()[q].state.load(std::memory_order_acquire) ==
+                         static_cast<std::uint32_t>(shm::ProcState::kFree)) {
+      continue;
+    }
+    dead += ofd_is_locked(seg.fd(), shm::kLivenessLockBase + q) ? 0 : 1;
+  }
+  return dead;
+}
+
 std::size_t count_live_attachments(std::string_view name) {
   auto obj = ShmObject::open(name, ShmObject::Mode::kReadOnly);
   if (!obj) {

@@ -33,6 +33,9 @@ std::vector<ProcessView> list_processes(const Segment& segment);
 std::vector<std::string> dead_process_problems(const Segment& segment,
                                                std::uint32_t skip = shm::kNil);
 
+/// Entries in use whose owner is dead (an OFD probe each; no slot scan). `skip` as above.
+std::size_t count_dead_processes(const Segment& segment, std::uint32_t skip = shm::kNil);
+
 /// Live attachments of a segment found by probing the liveness locks on its object directly
 /// (works when the segment cannot be opened, e.g. damaged). 0 if the object does not exist.
 std::size_t count_live_attachments(std::string_view name);

@@ -79,11 +79,15 @@ const std::vector<std::string> kMetricNames = {"kvbm_allocations_total",
                                                "kvbm_reaped_processes_total",
                                                "kvbm_recoveries_total",
                                                "kvbm_events_total",
+                                               "kvbm_prefix_cache_queries_total",
+                                               "kvbm_prefix_cache_hits_total",
                                                "kvbm_reset_pool_size",
                                                "kvbm_inactive_pool_size",
                                                "kvbm_inflight_mutable",
                                                "kvbm_inflight_immutable",
-                                               "kvbm_attached_processes"};
+                                               "kvbm_attached_processes",
+                                               "kvbm_capacity_blocks",
+                                               "kvbm_dead_processes"};
 
 bool is_counter(const std::string& full_name) {
   return full_name.size() > 6 && full_name.ends_with("_total");
@@ -675,19 +679,23 @@ TEST_CASE("metrics: Prometheus text format and JSON", "[ctl]") {
   auto m = seg.create(32);
   auto pop = populate(*m, true);
   CTL_EXPECT(r, 0, "metrics", seg.name());
+  const std::regex help_re(R"re(# HELP (kvbm_[a-z_]+) \S.*)re");
   const std::regex type_re(R"re(# TYPE (kvbm_[a-z_]+) (counter|gauge))re");
   const std::regex sample_re(R"re((kvbm_[a-z_]+)\{pool="([^"]*)"\} (-?[0-9]+))re");
   std::istringstream lines(r.out);
   std::string line;
   std::map<std::string, std::string> types;
   std::map<std::string, std::int64_t> values;
-  std::string last_typed;
+  std::string last_typed, last_helped;
   int n_lines = 0;
   while (std::getline(lines, line)) {
     ++n_lines;
     INFO("line: " << line);
     std::smatch mt;
-    if (std::regex_match(line, mt, type_re)) {
+    if (std::regex_match(line, mt, help_re)) {
+      last_helped = mt[1];
+    } else if (std::regex_match(line, mt, type_re)) {
+      CHECK(mt[1] == last_helped);  // each family: HELP, then TYPE
       CHECK(types.count(mt[1]) == 0);
       types[mt[1]] = mt[2];
       last_typed = mt[1];
@@ -703,7 +711,7 @@ TEST_CASE("metrics: Prometheus text format and JSON", "[ctl]") {
       FAIL("unexpected line in Prometheus output");
     }
   }
-  CHECK(n_lines == 2 * static_cast<int>(kMetricNames.size()));
+  CHECK(n_lines == 3 * static_cast<int>(kMetricNames.size()));
   std::set<std::string> want(kMetricNames.begin(), kMetricNames.end());
   std::set<std::string> got_types, got_values;
   for (const auto& [k, v] : types) {
