@@ -1897,3 +1897,150 @@ TEST_CASE("events --no-tokens publishes location-only events", "[ctl]") {
   CHECK(lines[1].at("token_ids") == json::array());
   CHECK(lines[1].at("medium") == "GPU");
 }
+
+// --- --json on every printing command, verify --json, dump filters -------------------------
+
+TEST_CASE("--json: every printing command prints one JSON document", "[ctl][json]") {
+  TempSegment seg("ctl-json");
+  const std::string name = seg.name();
+  {
+    CTL_EXPECT(r, 0, "create", name, "--blocks", "64", "--json");
+    const json j = parse_json(r);
+    CHECK(j.at("created") == name);
+    CHECK(j.at("block_count") == 64);
+    CHECK(j.at("block_size") == 16);
+    CHECK(j.at("segment_bytes").get<std::uint64_t>() > 0);
+  }
+  auto m = BlockManager::open(name).value();
+  auto pop = populate(*m, true);
+  // Each read-only printing command, with --json: stdout is exactly one JSON value.
+  const std::vector<std::vector<std::string>> commands = {{"info", name, "--json"},
+                                                          {"processes", name, "--json"},
+                                                          {"dump", name, "--json"},
+                                                          {"verify", name, "--json"},
+                                                          {"metrics", name, "--json"},
+                                                          {"metrics", name, "--format", "json"},
+                                                          {"list", "--json"},
+                                                          {"reap", name, "--json"},
+                                                          {"repair", name, "--dry-run", "--json"}};
+  for (const auto& args : commands) {
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    REQUIRE(r.code == 0);
+    json j;
+    REQUIRE_NOTHROW(j = json::parse(r.out));
+    CHECK((j.is_object() || j.is_array()));
+  }
+  // The two spellings of JSON metrics agree.
+  CHECK(json::parse(run_ctl({"metrics", name, "--json"}).out) ==
+        json::parse(run_ctl({"metrics", name, "--format", "json"}).out));
+  {
+    CTL_EXPECT(r, 0, "reap", name, "--json");
+    const json j = parse_json(r);
+    CHECK(j.at("name") == name);
+    CHECK(j.at("reaped").empty());  // the only attached process is alive
+  }
+  {
+    CTL_EXPECT(r, 0, "repair", name, "--dry-run", "--json");
+    const json j = parse_json(r);
+    CHECK(j.at("dry_run") == true);
+    CHECK(j.at("ok") == true);
+    CHECK(j.at("remaining").empty());
+  }
+  pop = Population{};
+  m.reset();
+  {
+    CTL_EXPECT(r, 0, "destroy", name, "--json");
+    CHECK(parse_json(r).at("destroyed") == name);
+  }
+  // Errors keep their exit codes and go to stderr; stdout stays empty.
+  {
+    CTL_EXPECT(r, 3, "verify", name, "--json");
+    CHECK(r.out.empty());
+  }
+}
+
+TEST_CASE("verify --json: ok and the list of problems", "[ctl][json]") {
+  TempSegment seg("ctl-verify-json");
+  auto m = seg.create(32);
+  auto own = m->register_block(std::move(m->allocate_blocks(1).value()[0]).stage(H(0), 16).value());
+  {
+    CTL_EXPECT(r, 0, "verify", seg.name(), "--json");
+    const json j = parse_json(r);
+    CHECK(j == json{{"ok", true}, {"problems", json::array()}});
+  }
+  Signal ready;
+  Child worker([&] { return worker_holding_blocks(seg.name(), ready); });
+  REQUIRE(ready.wait() == 1);
+  const pid_t dead_pid = worker.pid();
+  worker.kill();
+  {
+    CTL_EXPECT(r, 1, "verify", seg.name(), "--json");
+    const json j = parse_json(r);
+    CHECK(j.at("ok") == false);
+    REQUIRE(j.at("problems").size() == 1);
+    CHECK(contains(j.at("problems")[0].get<std::string>(), std::to_string(dead_pid)));
+  }
+  {
+    CTL_EXPECT(r, 0, "reap", seg.name(), "--json");
+    CHECK(parse_json(r).at("reaped").size() == 1);
+  }
+  {
+    CTL_EXPECT(r, 0, "verify", seg.name(), "--json");
+    CHECK(parse_json(r).at("ok") == true);
+  }
+}
+
+TEST_CASE("dump filters: --state, --process, --limit", "[ctl][json]") {
+  TempSegment seg("ctl-dump-filter");
+  auto m = seg.create(64);
+  auto pop = populate(*m, true);
+  const auto counts = m->counts();
+  auto slots_of = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"dump", seg.name()});
+    args.push_back("--json");
+    const Run r = run_ctl(args);
+    INFO(describe(args, r));
+    REQUIRE(r.code == 0);
+    return json::parse(r.out);
+  };
+  {
+    const json j = slots_of({"--state", "primary"});
+    CHECK(j.at("slots").size() == counts.primary);
+    for (const auto& s : j.at("slots")) {
+      CHECK(s.at("state") == "primary");
+    }
+    CHECK(j.at("omitted") == 0);
+  }
+  {
+    const json j = slots_of({"--state", "mutable,staged"});
+    CHECK(j.at("slots").size() == counts.mutable_ + counts.staged);
+    for (const auto& s : j.at("slots")) {
+      CHECK((s.at("state") == "mutable" || s.at("state") == "staged"));
+    }
+  }
+  {
+    // Slots this process owns or holds: everything but the inactive ones.
+    const std::uint32_t me = m->process_index();
+    const json j = slots_of({"--process", std::to_string(me)});
+    CHECK(j.at("slots").size() ==
+          counts.mutable_ + counts.staged + counts.primary + counts.duplicate);
+    for (const auto& s : j.at("slots")) {
+      const bool owns = s.at("owner") == me;
+      const bool holds = ((s.at("holders").get<std::uint64_t>() >> me) & 1) != 0;
+      CHECK((owns || holds));
+    }
+    // An entry that holds nothing.
+    CHECK(slots_of({"--process", std::to_string(me + 1)}).at("slots").empty());
+  }
+  {
+    const std::size_t total = 64 - counts.reset;
+    const json j = slots_of({"--limit", "3"});
+    CHECK(j.at("slots").size() == 3);
+    CHECK(j.at("omitted") == total - 3);
+    const Run r = run_ctl({"dump", seg.name(), "--limit", "3"});
+    CHECK(contains(r.out, fmt::format("{} more slot(s) not shown", total - 3)));
+  }
+  { CTL_EXPECT(r, 2, "dump", seg.name(), "--state", "bogus"); }
+  { CTL_EXPECT(r, 2, "dump", seg.name(), "--process", "64"); }
+}

@@ -11,6 +11,7 @@ namespace {
 struct CreateOptions {
   SegmentConfig config;
   std::string eviction = "lineage", order = "tick", duplication = "allow", mode = "0600";
+  bool as_json = false;
 };
 
 int run_create(CreateOptions& o) {
@@ -39,6 +40,14 @@ int run_create(CreateOptions& o) {
   auto seg = d::Segment::create(config, d::BlockStore::init_regions);
   if (!seg) {
     return fail(seg.error());
+  }
+  if (o.as_json) {
+    print_json(json{{"created", config.name},
+                    {"block_count", config.block_count},
+                    {"block_size", config.block_size},
+                    {"segment_bytes", (*seg)->header()->segment_bytes},
+                    {"payload_bytes", config.bytes_per_block * config.block_count}});
+    return kOk;
   }
   fmt::print("created {}: {} blocks x {} tokens, {:.1f} MiB\n", config.name, config.block_count,
              config.block_size, (*seg)->header()->segment_bytes / 1048576.0);
@@ -80,6 +89,7 @@ Command add_create(CLI::App& app) {
   create->add_flag("--reset-on-release", o->config.default_reset_on_release,
                    "released blocks go to the reset pool instead of the inactive pool");
   create->add_option("--mode", o->mode, "file mode of the shm object(s), e.g. 0660");
+  add_json_flag(create, o->as_json);
   return {create, [o] { return run_create(*o); }};
 }
 

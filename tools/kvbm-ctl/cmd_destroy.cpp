@@ -10,7 +10,7 @@
 namespace kvbm::ctl {
 namespace {
 
-int run_destroy(const std::string& name, bool force) {
+int run_destroy(const std::string& name, bool force, bool as_json) {
   // A payload object is removed with its segment, never by its own name (exit 2).
   if (auto ok = validate_segment_name(name); !ok) {
     return fail(ok.error());
@@ -52,6 +52,10 @@ int run_destroy(const std::string& name, bool force) {
   if (!done) {
     return fail(done.error());
   }
+  if (as_json) {
+    print_json(json{{"destroyed", name}});
+    return kOk;
+  }
   fmt::print("destroyed {}\n", name);
   return kOk;
 }
@@ -62,6 +66,7 @@ Command add_destroy(CLI::App& app) {
   struct Options {
     std::string name;
     bool force = false;
+    bool as_json = false;
   };
   auto o = std::make_shared<Options>();
   auto* destroy = app.add_subcommand("destroy",
@@ -71,7 +76,8 @@ Command add_destroy(CLI::App& app) {
   destroy->add_flag("--force", o->force,
                     "destroy even while live processes are attached, or an object that is not\n"
                     "(or no longer recognisably) a kvbm segment");
-  return {destroy, [o] { return run_destroy(o->name, o->force); }};
+  add_json_flag(destroy, o->as_json);
+  return {destroy, [o] { return run_destroy(o->name, o->force, o->as_json); }};
 }
 
 }  // namespace kvbm::ctl

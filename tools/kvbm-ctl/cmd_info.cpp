@@ -92,7 +92,7 @@ Command add_info(CLI::App& app) {
                                   "Config, pool counts, processes and metrics.\n  "
                                   "example: kvbm-ctl info kv-gpu0 --json");
   info->add_option("NAME", o->name, "segment name")->required();
-  info->add_flag("--json", o->as_json, "machine-readable output");
+  add_json_flag(info, o->as_json);
   return {info, [o] { return run_info(o->name, o->as_json); }};
 }
 

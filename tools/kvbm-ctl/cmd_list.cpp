@@ -152,7 +152,7 @@ Command add_list(CLI::App& app) {
       "corrupted, not a kvbm segment of this layout, unreadable.\n"
       "  example: kvbm-ctl list");
   list->add_flag("--all", o->all, "also list every other object in /dev/shm (not a kvbm segment)");
-  list->add_flag("--json", o->as_json, "machine-readable output");
+  add_json_flag(list, o->as_json);
   return {list, [o] { return run_list(o->all, o->as_json); }};
 }
 

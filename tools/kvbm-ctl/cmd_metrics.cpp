@@ -40,7 +40,7 @@ Command add_metrics(CLI::App& app) {
   metrics->add_option("NAME", o->name, "segment name")->required();
   metrics->add_option("--format", o->format, "prometheus or json")
       ->check(CLI::IsMember({"prometheus", "json"}));
-  metrics->add_flag("--json", o->as_json, "same as --format json");
+  add_json_flag(metrics, o->as_json);  // a synonym of --format json
   return {metrics, [o] { return run_metrics(o->name, o->as_json || o->format == "json"); }};
 }
 

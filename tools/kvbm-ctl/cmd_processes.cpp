@@ -37,7 +37,7 @@ Command add_processes(CLI::App& app) {
                                    "Process table with liveness verdicts.\n  "
                                    "example: kvbm-ctl processes kv-gpu0");
   procs->add_option("NAME", o->name, "segment name")->required();
-  procs->add_flag("--json", o->as_json, "machine-readable output");
+  add_json_flag(procs, o->as_json);
   return {procs, [o] { return run_processes(o->name, o->as_json); }};
 }
 

@@ -10,10 +10,14 @@
 namespace kvbm::ctl {
 namespace {
 
-int run_reap(const std::string& name) {
+int run_reap(const std::string& name, bool as_json) {
   auto done = d::reap_segment(name);
   if (!done) {
     return fail(done.error());
+  }
+  if (as_json) {
+    print_json(json{{"name", name}, {"reaped", *done}});
+    return kOk;
   }
   if (done->empty()) {
     fmt::print("{}: no dead process to reap\n", name);
@@ -28,13 +32,18 @@ int run_reap(const std::string& name) {
 }  // namespace
 
 Command add_reap(CLI::App& app) {
-  auto name = std::make_shared<std::string>();
+  struct Options {
+    std::string name;
+    bool as_json = false;
+  };
+  auto o = std::make_shared<Options>();
   auto* reap =
       app.add_subcommand("reap",
                          "Release dead processes' blocks now (what workers also do on their own).\n"
                          "Safe while live workers run.\n  example: kvbm-ctl reap kv-gpu0");
-  reap->add_option("NAME", *name, "segment name")->required();
-  return {reap, [name] { return run_reap(*name); }};
+  reap->add_option("NAME", o->name, "segment name")->required();
+  add_json_flag(reap, o->as_json);
+  return {reap, [o] { return run_reap(o->name, o->as_json); }};
 }
 
 }  // namespace kvbm::ctl

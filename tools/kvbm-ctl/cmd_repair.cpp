@@ -11,10 +11,19 @@
 namespace kvbm::ctl {
 namespace {
 
-int run_repair(const std::string& name, bool dry_run, bool force) {
+int run_repair(const std::string& name, bool dry_run, bool force, bool as_json) {
   auto report = d::repair_segment(name, dry_run, force);
   if (!report) {
     return fail(report.error());
+  }
+  if (as_json) {
+    // ok: nothing remains to be fixed (for --dry-run: nothing the repair would leave).
+    print_json(json{{"name", name},
+                    {"dry_run", dry_run},
+                    {"actions", report->actions},
+                    {"remaining", report->remaining},
+                    {"ok", report->remaining.empty()}});
+    return report->remaining.empty() ? kOk : kProblems;
   }
   if (report->actions.empty()) {
     fmt::print("{}: nothing to repair\n", name);
@@ -40,7 +49,7 @@ int run_repair(const std::string& name, bool dry_run, bool force) {
 Command add_repair(CLI::App& app) {
   struct Options {
     std::string name;
-    bool dry_run = false, force = false;
+    bool dry_run = false, force = false, as_json = false;
   };
   auto o = std::make_shared<Options>();
   auto* repair = app.add_subcommand(
@@ -52,7 +61,8 @@ Command add_repair(CLI::App& app) {
   repair->add_flag("--force", o->force,
                    "also fix damaged slots and structures while live processes are attached\n"
                    "(without it, repair beside live workers only reaps dead processes)");
-  return {repair, [o] { return run_repair(o->name, o->dry_run, o->force); }};
+  add_json_flag(repair, o->as_json);
+  return {repair, [o] { return run_repair(o->name, o->dry_run, o->force, o->as_json); }};
 }
 
 }  // namespace kvbm::ctl

@@ -8,12 +8,16 @@
 namespace kvbm::ctl {
 namespace {
 
-int run_verify(const std::string& name) {
+int run_verify(const std::string& name, bool as_json) {
   auto session = d::ToolSession::open(name, d::Access::kReadWrite);
   if (!session) {
     return fail(session.error());
   }
   const auto problems = d::verify_segment(**session);
+  if (as_json) {
+    print_json(json{{"ok", problems.empty()}, {"problems", problems}});
+    return problems.empty() ? kOk : kProblems;
+  }
   if (problems.empty()) {
     fmt::print("{}: consistent ({} blocks)\n", name, (*session)->segment().block_count());
     return kOk;
@@ -28,12 +32,17 @@ int run_verify(const std::string& name) {
 }  // namespace
 
 Command add_verify(CLI::App& app) {
-  auto name = std::make_shared<std::string>();
+  struct Options {
+    std::string name;
+    bool as_json = false;
+  };
+  auto o = std::make_shared<Options>();
   auto* verify = app.add_subcommand("verify",
                                     "Check every invariant; exit 1 and list problems.\n"
                                     "  example: kvbm-ctl verify kv-gpu0");
-  verify->add_option("NAME", *name, "segment name")->required();
-  return {verify, [name] { return run_verify(*name); }};
+  verify->add_option("NAME", o->name, "segment name")->required();
+  add_json_flag(verify, o->as_json);
+  return {verify, [o] { return run_verify(o->name, o->as_json); }};
 }
 
 }  // namespace kvbm::ctl

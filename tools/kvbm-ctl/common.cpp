@@ -87,6 +87,14 @@ void print_processes_table(const std::vector<d::ProcessView>& procs) {
   }
 }
 
+CLI::Option* add_json_flag(CLI::App* command, bool& as_json) {
+  return command->add_flag("--json", as_json, "machine-readable output (one JSON document)");
+}
+
+void print_json(const json& j) {
+  fmt::print("{}\n", j.dump(2));
+}
+
 std::size_t live_processes(const std::vector<d::ProcessView>& procs) {
   std::size_t live = 0;
   for (const auto& p : procs) {

@@ -54,6 +54,12 @@ json process_json(const d::ProcessView& p);
 /// The section 5 metrics without the "kvbm_" prefix.
 json metrics_json(const d::Segment& seg);
 void print_processes_table(const std::vector<d::ProcessView>& procs);
+
+/// `--json` on a printing command: one JSON document on stdout instead of the text (errors stay
+/// on stderr with their exit codes). Every command that prints takes it.
+CLI::Option* add_json_flag(CLI::App* command, bool& as_json);
+/// Prints `j` on stdout as one indented document and a newline.
+void print_json(const json& j);
 std::size_t live_processes(const std::vector<d::ProcessView>& procs);
 
 }  // namespace kvbm::ctl
