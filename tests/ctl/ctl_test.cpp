@@ -1900,7 +1900,7 @@ TEST_CASE("events --no-tokens publishes location-only events", "[ctl]") {
 
 // --- --json on every printing command, verify --json, dump filters -------------------------
 
-TEST_CASE("--json: every printing command prints one JSON document", "[ctl][json]") {
+TEST_CASE("json: every printing command takes --json and prints one JSON document", "[ctl][json]") {
   TempSegment seg("ctl-json");
   const std::string name = seg.name();
   {
