@@ -25,7 +25,7 @@ if [ "${KVBM_SKIP_ASAN:-0}" != "1" ]; then
   echo "building kvbm-ctl and its tests with AddressSanitizer + UBSan in $asan ..."
   cmake -S "$root" -B "$asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVBM_BUILD_TESTS=ON \
     -DKVBM_SANITIZE="address;undefined" >"$asan.log" 2>&1 || { cat "$asan.log"; exit 1; }
-  cmake --build "$asan" -j"$(nproc)" --target kvbm-ctl kvbm_ctl_tests >>"$asan.log" 2>&1 ||
+  cmake --build "$asan" -j"$(nproc)" --target kvbm-ctl kvbm_ctl_tests quickstart >>"$asan.log" 2>&1 ||
     { grep -E "error" -A5 "$asan.log" | head -60; exit 1; }
   echo "running the kvbm-ctl tests under the sanitizers ..."
   # A sanitizer report exits 200/201: never one of kvbm-ctl's codes, so every test notices.

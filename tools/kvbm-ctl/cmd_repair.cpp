@@ -6,13 +6,17 @@
 #include <fmt/format.h>
 
 #include "common.hpp"
+#include "progress.hpp"
 #include "tool/inspect.hpp"
 
 namespace kvbm::ctl {
 namespace {
 
 int run_repair(const std::string& name, bool dry_run, bool force, bool as_json) {
-  auto report = d::repair_segment(name, dry_run, force);
+  auto report = [&] {
+    Progress progress("repair " + name);  // stderr, only if it takes long
+    return d::repair_segment(name, dry_run, force);
+  }();
   if (!report) {
     return fail(report.error());
   }

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common.hpp"
+#include "progress.hpp"
 #include "tool/inspect.hpp"
 
 namespace kvbm::ctl {
@@ -13,7 +14,11 @@ int run_verify(const std::string& name, bool as_json) {
   if (!session) {
     return fail(session.error());
   }
-  const auto problems = d::verify_segment(**session);
+  std::vector<std::string> problems;
+  {
+    Progress progress("verify " + name);  // stderr, only if it takes long
+    problems = d::verify_segment(**session);
+  }
   if (as_json) {
     print_json(json{{"ok", problems.empty()}, {"problems", problems}});
     return problems.empty() ? kOk : kProblems;

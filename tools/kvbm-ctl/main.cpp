@@ -31,6 +31,8 @@ std::vector<Command> add_commands(CLI::App& app) {
   KVBM_CTL_COMMAND(repair);
   KVBM_CTL_COMMAND(reap);
   KVBM_CTL_COMMAND(metrics);
+  KVBM_CTL_COMMAND(serve_metrics);
+  KVBM_CTL_COMMAND(top);
   KVBM_CTL_COMMAND(list);
   KVBM_CTL_COMMAND(destroy);
   KVBM_CTL_COMMAND(events);
