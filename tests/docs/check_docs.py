@@ -4,7 +4,8 @@
 1. A fenced code block right after a line `<!-- file: PATH -->` in README.md or docs/*.md must be
    the file PATH verbatim (the examples are built and run by the test suite, so the code a reader
    copies is code that works). `--sync` rewrites such blocks from their files instead.
-2. No document links to or names a file outside the repository.
+2. No document links to or names a file outside the repository (the design notes the project
+   started from are not shipped: what users need is in README.md and docs/).
 
 usage: check_docs.py ROOT [--sync]
 """
@@ -54,6 +55,8 @@ def check(root, sync):
                 problems.append(f"{doc}: link to {target} leaves the repository")
             elif not os.path.exists(resolved):
                 problems.append(f"{doc}: link to {target} points at nothing")
+        if re.search(r"DESIGN\.md|\.\./shared/|benchmark brief", text):
+            problems.append(f"{doc}: names a document that is not in the repository")
     return problems
 
 

@@ -19,3 +19,23 @@ def test_shared_prefix_example(name) -> None:
     assert "second request: 4 of 6 blocks found in the cache" in out.stdout
     assert "shared KV bytes verified" in out.stdout
     assert not os.path.exists(f"/dev/shm/{name}")  # the example destroys its segment
+
+
+def test_quickstart_example(name) -> None:
+    """The README's Python example: a second run finds every block the first one computed."""
+    import kvbm
+
+    runs = []
+    try:
+        for _ in range(2):
+            out = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py"), name],
+                                 capture_output=True, text=True, timeout=60,
+                                 env=dict(os.environ))
+            assert out.returncode == 0, out.stderr
+            runs.append(out.stdout.strip())
+    finally:
+        try:
+            kvbm.destroy(name)
+        except kvbm.NotFoundError:
+            pass
+    assert runs == ["6 blocks: 0 cached, 6 computed", "6 blocks: 6 cached, 0 computed"]
