@@ -71,6 +71,7 @@ void unregister_fd(int fd) {
 Attachment::Attachment(std::unique_ptr<Segment> segment)
     : seg_(std::move(segment)),
       store_(std::make_unique<BlockStore>(*seg_)),
+      pid_(static_cast<std::uint32_t>(::getpid())),
       fork_generation_(g_fork_generation.load(std::memory_order_relaxed)),
       local_(std::make_unique<std::atomic<std::uint32_t>[]>(seg_->block_count())) {}
 
@@ -96,8 +97,8 @@ Result<std::shared_ptr<Attachment>> Attachment::attach(std::unique_ptr<Segment> 
           BlockStore::Txn txn(store, l, BlockStore::KeepLock{}, shm::IntentOp::kReap, q);
           dead->released = store.reap(txn, q);
         }
-        att->incarnation_ =
-            store.claim_process(l, q, ::getpid(), self_start_ticks(), self_pidns_inode());
+        att->incarnation_ = store.claim_process(l, q, static_cast<pid_t>(att->pid_),
+                                                self_start_ticks(), self_pidns_inode());
         att->me_ = q;
       }
       if (dead) {
@@ -149,7 +150,12 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
                                     "'kvbm-ctl repair {}'",
                                     config().name, config().name));
   }
-  switch (mu.lock_after(raw)) {
+  const shm::LongWaitReport report{
+      [](void* self, shm::HolderView holder, std::uint64_t waited_ms) noexcept {
+        static_cast<const Attachment*>(self)->log_long_wait(holder, waited_ms);
+      },
+      this};
+  switch (mu.lock_after(raw, pid_, &report)) {
     case shm::LockStatus::kOk:
       break;
     case shm::LockStatus::kOwnerDead: {
@@ -211,6 +217,23 @@ Attachment::Lock Attachment::lock_slow(int raw, bool fence) {
                     config().name, me_));
   }
   return Lock(mu);
+}
+
+void Attachment::log_long_wait(shm::HolderView holder, std::uint64_t waited_ms) const noexcept {
+  if (holder.pid != 0 && holder.held_ms >= shm::RobustMutex::kLongHoldMs) {
+    log(LogLevel::kWarning,
+        "segment '{}': the store lock is held by pid {} for {} ms (this thread has waited {} ms); "
+        "every worker of the segment waits for it: is that process stopped or stuck?",
+        config().name, holder.pid, holder.held_ms, waited_ms);
+  } else if (holder.pid != 0) {
+    log(LogLevel::kWarning,
+        "segment '{}': waited {} ms for the store lock, which is busy (now held by pid {} for {} "
+        "ms)",
+        config().name, waited_ms, holder.pid, holder.held_ms);
+  } else {
+    log(LogLevel::kWarning, "segment '{}': waited {} ms for the store lock", config().name,
+        waited_ms);
+  }
 }
 
 std::optional<Attachment::Lock> Attachment::lock_quiet() noexcept {

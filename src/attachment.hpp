@@ -46,7 +46,7 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
     check_fork();
     auto& mu = seg_->control()->mutex;
     int raw = 0;
-    if (mu.try_lock_fast(raw)) {
+    if (mu.try_lock_fast(raw, pid_)) {
       if (!poisoned() && !fenced()) {
         return Lock(mu);
       }
@@ -85,6 +85,8 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
   Segment& segment() { return *seg_; }
   const SegmentConfig& config() const { return seg_->config(); }
   std::uint32_t me() const { return me_; }
+  /// This process's pid, as recorded in its process entry and as the store mutex's holder.
+  std::uint32_t pid() const { return pid_; }
   std::uint64_t incarnation() const { return incarnation_; }
   bool forked() const noexcept {
     return fork_generation_ != g_fork_generation.load(std::memory_order_relaxed);
@@ -139,8 +141,10 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
     return lock_slow(EBUSY, /*fence=*/false);
   }
   /// Everything but the uncontended case: waiting, recovery after EOWNERDEAD, poisoning,
-  /// fencing errors. `raw` is the first trylock's result (EBUSY = not held yet).
+  /// fencing errors. `raw` is the first trylock's result (EBUSY = not held yet). A wait of a
+  /// second or more is logged once, naming the holder (DESIGN.md section 12).
   Lock lock_slow(int raw, bool fence);
+  void log_long_wait(shm::HolderView holder, std::uint64_t waited_ms) const noexcept;
   bool poisoned() const noexcept {
     return seg_->header()->init_state.load(std::memory_order_acquire) ==
            static_cast<std::uint32_t>(shm::InitState::kPoisoned);
@@ -158,6 +162,7 @@ class Attachment : public std::enable_shared_from_this<Attachment> {
   std::unique_ptr<Segment> seg_;
   std::unique_ptr<BlockStore> store_;
   std::uint32_t me_ = shm::kNil;
+  std::uint32_t pid_ = 0;  // getpid() once (a system call); an attachment refuses a fork child
   std::uint64_t incarnation_ = 0;
   std::uint64_t fork_generation_ = 0;
   std::unique_ptr<std::atomic<std::uint32_t>[]> local_;

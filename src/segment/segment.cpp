@@ -62,6 +62,7 @@ std::uint64_t compute_fingerprint() {
                                  kIntentMaxSlots,
                                  sizeof(SlotImage),
                                  sizeof(RobustMutex),
+                                 KVBM_FP_OFF(RobustMutex, holder),
                                  sizeof(ProcEntry),
                                  sizeof(SlotMeta),
                                  KVBM_FP_OFF(SlotMeta, holders),

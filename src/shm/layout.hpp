@@ -15,7 +15,7 @@ namespace kvbm::shm {
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kNil = 0xFFFFFFFFu;
 inline constexpr std::uint64_t kMagic = 0x314745534D42564Bull;  // "KVBMSEG1" little-endian
-inline constexpr std::uint16_t kLayoutMajor = 4;
+inline constexpr std::uint16_t kLayoutMajor = 5;
 inline constexpr std::uint16_t kLayoutMinor = 0;
 inline constexpr std::uint32_t kMaxProcesses = 64;  // one 64-bit holder word per slot
 

@@ -5,11 +5,23 @@
 // Written by: the creator (init), every attached process (lock/unlock). The caller decides what
 // to do on kOwnerDead: repair the protected state, then consistent(); or unlock() without
 // consistent() to poison the mutex on purpose.
+//
+// Beside the pthread mutex, in the same cache line, sits the holder record: which process holds
+// the mutex and since when, so that a holder that stops (SIGSTOP, a debugger, a stuck page fault)
+// is named by every waiter and by kvbm-ctl instead of silently blocking every worker.
+// Written by: the thread that has just acquired the mutex (every acquisition below takes the
+// caller's pid and records it before returning), and cleared by the holding thread right before
+// unlock(). Read by anyone, without the lock: it means something only while the lock word says
+// the mutex is held (a holder that died leaves its record behind; the kernel then marks the lock
+// word OWNER_DIED with no owner, and the next acquisition overwrites the record).
 #pragma once
 
 #include <errno.h>
 #include <pthread.h>
 #include <time.h>
+
+#include <atomic>
+#include <cstdint>
 
 #include "shm/layout.hpp"
 
@@ -19,13 +31,36 @@ namespace kvbm::shm {
 /// memory); nothing was handed to glibc, which could abort or wait forever on it.
 enum class LockStatus { kOk, kOwnerDead, kNotRecoverable, kTimedOut, kError, kCorrupted };
 
+/// The holder of the mutex as recorded: pid 0 when the mutex is free or no holder is recorded.
+/// The pid is in the holder's PID namespace (the one ProcEntry::pid uses).
+struct HolderView {
+  std::uint32_t pid;
+  std::uint32_t held_ms;  // how long the current hold has lasted (4 ms resolution)
+};
+
+/// What a waiter reports once it has waited long (shm/ does not log: the caller passes this).
+/// Called at most once per wait, on the waiting thread, without the mutex; must not throw.
+struct LongWaitReport {
+  void (*fn)(void* ctx, HolderView holder, std::uint64_t waited_ms) noexcept;
+  void* ctx;
+};
+
 struct RobustMutex {
   static constexpr long kWaitSliceNs = 20 * 1000 * 1000;  // 20 ms
   static constexpr int kSpinLimit = 256;                  // pause loops: a few microseconds
-  pthread_mutex_t m;
+  /// A hold (or a wait) this long is reported (DESIGN.md section 12).
+  static constexpr std::uint32_t kLongHoldMs = 1000;
 
-  /// Creator only, on zero-filled memory no other process can see yet.
+  pthread_mutex_t m;
+  /// The holder record: (pid << 32) | low 32 bits of CLOCK_MONOTONIC_COARSE in milliseconds at
+  /// acquisition; 0 = none. One word, so a reader never pairs one holder's pid with another's
+  /// time. The milliseconds wrap after 49 days; held_ms is computed modulo 2^32.
+  std::atomic<std::uint64_t> holder;
+
+  /// Creator only, on zero-filled memory no other process can see yet (and repair, which
+  /// re-initialises a damaged mutex when no live process can be inside it).
   bool init() noexcept {
+    holder.store(0, std::memory_order_relaxed);
     pthread_mutexattr_t attr;
     if (pthread_mutexattr_init(&attr) != 0) {
       return false;
@@ -72,10 +107,102 @@ struct RobustMutex {
   /// first (without the waiters bit), the other sleepers are never woken. The kernel's robust
   /// list cannot help: the dead waiter owned nothing. So sleep in short timed slices and retry;
   /// a lost wake-up costs at most one slice. The uncontended path is a single trylock.
-  LockStatus lock() noexcept { return lock_until(nullptr); }
+  /// `pid` is the caller's (cached: getpid() is a system call), recorded as the holder.
+  /// `report`, if given, is called once if the wait lasts kLongHoldMs or the current holder has
+  /// held the mutex that long.
+  LockStatus lock(std::uint32_t pid, const LongWaitReport* report = nullptr) noexcept {
+    return lock_until(pid, nullptr, report);
+  }
 
   /// lock() with an optional CLOCK_REALTIME deadline (nullptr: none; kTimedOut after it).
-  LockStatus lock_until(const timespec* until) noexcept {
+  LockStatus lock_until(std::uint32_t pid,
+                        const timespec* until,
+                        const LongWaitReport* report = nullptr) noexcept {
+    return recorded(pid, wait_until(until, report));
+  }
+  LockStatus try_lock(std::uint32_t pid) noexcept {
+    return type_intact() ? recorded(pid, status(pthread_mutex_trylock(&m)))
+                         : LockStatus::kCorrupted;
+  }
+  /// The uncontended case of lock(): true if the mutex is now held and consistent (and `pid`
+  /// recorded as its holder). Otherwise `raw` is pthread_mutex_trylock's result for
+  /// lock_after(): EOWNERDEAD means it IS held (and `pid` recorded too).
+  /// A damaged type gives raw = EINVAL without calling glibc.
+  bool try_lock_fast(int& raw, std::uint32_t pid) noexcept {
+    // The clock is read before the trylock, so the critical section does not grow by it.
+    const std::uint64_t now = coarse_ms();
+    raw = type_intact() ? pthread_mutex_trylock(&m) : EINVAL;
+    if (raw == 0 || raw == EOWNERDEAD) [[likely]] {
+      record_holder(pid, now);
+    }
+    return raw == 0;
+  }
+  /// lock(), continuing from a try_lock_fast() that returned false with `raw`.
+  LockStatus lock_after(int raw,
+                        std::uint32_t pid,
+                        const LongWaitReport* report = nullptr) noexcept {
+    if (raw == EINVAL && !type_intact()) {
+      return LockStatus::kCorrupted;
+    }
+    if (raw != EBUSY) {
+      return status(raw);  // the holder was recorded by try_lock_fast if it is held
+    }
+    return lock(pid, report);
+  }
+  /// Bounded wait (CLOCK_REALTIME deadline), for tools that must never hang on a live holder.
+  LockStatus timed_lock(const timespec& deadline,
+                        std::uint32_t pid,
+                        const LongWaitReport* report = nullptr) noexcept {
+    return lock_until(pid, &deadline, report);
+  }
+  bool consistent() noexcept { return type_intact() && pthread_mutex_consistent(&m) == 0; }
+  /// Clears the holder record, then unlocks: only the holding thread calls this.
+  void unlock() noexcept {
+    holder.store(0, std::memory_order_relaxed);
+    if (type_intact()) {
+      // Cleared before the word is released: a reader that sees the word held by the next
+      // holder never reads this hold's record.
+      pthread_mutex_unlock(&m);
+    }
+  }
+
+  /// The current holder, lock-free (kvbm-ctl reads it from a read-only mapping). The lock word is
+  /// read first: a record left by a dead holder, or by one that is unlocking, is not reported.
+  HolderView current_holder() const noexcept {
+    constexpr unsigned kTid = 0x3fffffffu;
+    const auto word = static_cast<unsigned>(__atomic_load_n(&m.__data.__lock, __ATOMIC_ACQUIRE));
+    if ((word & kTid) == 0) {
+      return {0, 0};
+    }
+    const std::uint64_t h = holder.load(std::memory_order_acquire);
+    if (h == 0) {
+      return {0, 0};
+    }
+    return {static_cast<std::uint32_t>(h >> 32),
+            static_cast<std::uint32_t>(coarse_ms()) - static_cast<std::uint32_t>(h)};
+  }
+  /// CLOCK_MONOTONIC_COARSE in milliseconds: a vDSO read of a few nanoseconds (no system call),
+  /// a few milliseconds' resolution, plenty for a one-second threshold.
+  static std::uint64_t coarse_ms() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000u +
+           static_cast<std::uint64_t>(ts.tv_nsec) / 1000000u;
+  }
+
+ private:
+  void record_holder(std::uint32_t pid, std::uint64_t now_ms = coarse_ms()) noexcept {
+    holder.store((static_cast<std::uint64_t>(pid) << 32) | (now_ms & 0xffffffffu),
+                 std::memory_order_release);
+  }
+  /// Records `pid` when `s` means the mutex is now held by the caller.
+  LockStatus recorded(std::uint32_t pid, LockStatus s) noexcept {
+    if (s == LockStatus::kOk || s == LockStatus::kOwnerDead) {
+      record_holder(pid);
+    }
+    return s;
+  }
+  LockStatus wait_until(const timespec* until, const LongWaitReport* report) noexcept {
     if (!type_intact()) {
       return LockStatus::kCorrupted;
     }
@@ -92,7 +219,18 @@ struct RobustMutex {
       ++spins;
     }
     long implausible_ns = 0;  // how long the word has looked damaged, in waited slices
+    const std::uint64_t wait_start_ms = report != nullptr ? coarse_ms() : 0;
+    bool reported = report == nullptr;
     while (r == EBUSY || r == ETIMEDOUT) {
+      if (!reported) {
+        // Once per wait: checked every slice (20 ms), so a long hold is named within a slice.
+        const std::uint64_t waited = coarse_ms() - wait_start_ms;
+        const HolderView h = current_holder();
+        if (waited >= kLongHoldMs || (h.pid != 0 && h.held_ms >= kLongHoldMs)) {
+          reported = true;
+          report->fn(report->ctx, h, waited);
+        }
+      }
       timespec deadline{};
       clock_gettime(CLOCK_REALTIME, &deadline);
       if (until != nullptr && !before(deadline, *until)) {
@@ -116,36 +254,6 @@ struct RobustMutex {
     }
     return status(r);
   }
-  LockStatus try_lock() noexcept {
-    return type_intact() ? status(pthread_mutex_trylock(&m)) : LockStatus::kCorrupted;
-  }
-  /// The uncontended case of lock(): true if the mutex is now held and consistent. Otherwise
-  /// `raw` is pthread_mutex_trylock's result for lock_after(): EOWNERDEAD means it IS held.
-  /// A damaged type gives raw = EINVAL without calling glibc.
-  bool try_lock_fast(int& raw) noexcept {
-    raw = type_intact() ? pthread_mutex_trylock(&m) : EINVAL;
-    return raw == 0;
-  }
-  /// lock(), continuing from a try_lock_fast() that returned false with `raw`.
-  LockStatus lock_after(int raw) noexcept {
-    if (raw == EINVAL && !type_intact()) {
-      return LockStatus::kCorrupted;
-    }
-    if (raw != EBUSY) {
-      return status(raw);
-    }
-    return lock();
-  }
-  /// Bounded wait (CLOCK_REALTIME deadline), for tools that must never hang on a live holder.
-  LockStatus timed_lock(const timespec& deadline) noexcept { return lock_until(&deadline); }
-  bool consistent() noexcept { return type_intact() && pthread_mutex_consistent(&m) == 0; }
-  void unlock() noexcept {
-    if (type_intact()) {
-      pthread_mutex_unlock(&m);
-    }
-  }
-
- private:
   static bool before(const timespec& a, const timespec& b) noexcept {
     return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
   }
@@ -168,5 +276,6 @@ struct RobustMutex {
 
 static_assert(ShmRegion<RobustMutex>);
 static_assert(sizeof(pthread_mutex_t) == 40, "the segment layout assumes glibc x86-64");
+static_assert(sizeof(RobustMutex) == 48, "mutex and holder record share one cache line");
 
 }  // namespace kvbm::shm

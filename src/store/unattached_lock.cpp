@@ -2,6 +2,7 @@
 #include "store/unattached_lock.hpp"
 
 #include <time.h>
+#include <unistd.h>
 
 #include <cerrno>
 
@@ -29,7 +30,8 @@ Result<StoreLock> lock_unattached(BlockStore& store,
     deadline.tv_nsec -= 1000000000;
   }
   auto& mu = seg.control()->mutex;
-  switch (mu.timed_lock(deadline)) {
+  // Not a hot path (tools, the event reader): getpid() per call is fine.
+  switch (mu.timed_lock(deadline, static_cast<std::uint32_t>(::getpid()))) {
     case shm::LockStatus::kOk:
       break;
     case shm::LockStatus::kOwnerDead: {
@@ -46,10 +48,15 @@ Result<StoreLock> lock_unattached(BlockStore& store,
                               "indexes");
       break;
     }
-    case shm::LockStatus::kTimedOut:
-      return tl::unexpected(Error{
-          Errc::kSystem, ETIMEDOUT,
-          fmt::format("the store mutex is held by a live process (waited {} ms); try again", ms)});
+    case shm::LockStatus::kTimedOut: {
+      const shm::HolderView h = mu.current_holder();
+      const std::string who =
+          h.pid != 0 ? fmt::format(" (pid {}, holding it for {} ms)", h.pid, h.held_ms) : "";
+      return tl::unexpected(
+          Error{Errc::kSystem, ETIMEDOUT,
+                fmt::format("the store mutex is held by a live process{} (waited {} ms); try again",
+                            who, ms)});
+    }
     case shm::LockStatus::kNotRecoverable:
       store.poison();
       return tl::unexpected(Error{Errc::kCorrupted, 0, "the store mutex is unrecoverable"});

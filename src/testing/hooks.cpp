@@ -12,13 +12,13 @@ detail::Attachment& Peer::attachment(BlockManager& m) {
 
 void Peer::lock_store_and_hold(BlockManager& m) {
   auto& mu = m.att_->segment().control()->mutex;
-  mu.lock();
+  mu.lock(m.att_->pid());
 }
 
 void Peer::half_done_operation_and_hold(BlockManager& m, BlockId id) {
   auto& att = *m.att_;
   auto& mu = att.segment().control()->mutex;
-  mu.lock();
+  mu.lock(m.att_->pid());
   auto& store = att.store();
   // Never destroyed: the transaction must stay open and the mutex held until the caller is
   // killed, as in a process that dies in the middle of an operation.

@@ -623,12 +623,13 @@ TEST_CASE("a live process holding the store mutex: read-only commands do not han
     CHECK(r.seconds < 1.5);
   }
   {
-    // verify waits at most ~2 s for the mutex, then reports it.
+    // verify waits at most ~2 s for the mutex, then reports it and its holder.
     const Run r = run_ctl({"verify", seg.name()});
     INFO(describe({"verify", seg.name()}, r));
     CHECK_FALSE(r.timed_out);
     CHECK(r.code == 1);
     CHECK(contains(r.out, "held by a live process"));
+    CHECK(contains(r.out, fmt::format("(pid {}, holding it for", holder.pid())));
     CHECK(r.seconds < 4.0);
   }
   holder.kill();
@@ -971,6 +972,10 @@ TEST_CASE("a kvbm header of another layout or ABI is refused with exit 4, repair
   const std::string path = shm_path(seg.name());
   SECTION("layout major") {
     const std::uint16_t major = kvbm::shm::kLayoutMajor + 7;
+    write_at(path, offsetof(kvbm::shm::SegmentHeader, layout_major), &major, sizeof(major));
+  }
+  SECTION("the previous layout major (no store-lock holder record)") {
+    const std::uint16_t major = kvbm::shm::kLayoutMajor - 1;
     write_at(path, offsetof(kvbm::shm::SegmentHeader, layout_major), &major, sizeof(major));
   }
   SECTION("ABI fingerprint") {
@@ -1914,15 +1919,12 @@ TEST_CASE("json: every printing command takes --json and prints one JSON documen
   auto m = BlockManager::open(name).value();
   auto pop = populate(*m, true);
   // Each read-only printing command, with --json: stdout is exactly one JSON value.
-  const std::vector<std::vector<std::string>> commands = {{"info", name, "--json"},
-                                                          {"processes", name, "--json"},
-                                                          {"dump", name, "--json"},
-                                                          {"verify", name, "--json"},
-                                                          {"metrics", name, "--json"},
-                                                          {"metrics", name, "--format", "json"},
-                                                          {"list", "--json"},
-                                                          {"reap", name, "--json"},
-                                                          {"repair", name, "--dry-run", "--json"}};
+  const std::vector<std::vector<std::string>> commands = {
+      {"info", name, "--json"},    {"processes", name, "--json"},
+      {"dump", name, "--json"},    {"verify", name, "--json"},
+      {"metrics", name, "--json"}, {"metrics", name, "--format", "json"},
+      {"list", "--json"},          {"top", name, "--once", "--json"},
+      {"reap", name, "--json"},    {"repair", name, "--dry-run", "--json"}};
   for (const auto& args : commands) {
     const Run r = run_ctl(args);
     INFO(describe(args, r));
@@ -1930,6 +1932,27 @@ TEST_CASE("json: every printing command takes --json and prints one JSON documen
     json j;
     REQUIRE_NOTHROW(j = json::parse(r.out));
     CHECK((j.is_object() || j.is_array()));
+  }
+  {
+    // events runs until stopped and prints one JSON document per line (one per wire event): the
+    // snapshot of the populated segment comes first; SIGTERM once it is there.
+    const std::vector<std::string> args{"events", name, "--json", "--no-tokens"};
+    const Run r = run_ctl(args, 20, [](const Run& now) {
+      return std::count(now.out.begin(), now.out.end(), '\n') >= 2;
+    });
+    INFO(describe(args, r));
+    REQUIRE_FALSE(r.timed_out);
+    CHECK(r.code == 0);
+    std::istringstream in(r.out);
+    std::size_t documents = 0;
+    for (std::string line; std::getline(in, line);) {
+      json j;
+      REQUIRE_NOTHROW(j = json::parse(line));
+      CHECK(j.is_object());
+      CHECK(j.contains("type"));
+      ++documents;
+    }
+    CHECK(documents >= 2);
   }
   // The two spellings of JSON metrics agree.
   CHECK(json::parse(run_ctl({"metrics", name, "--json"}).out) ==

@@ -78,7 +78,7 @@ TEST_CASE("txn: a transaction without the store mutex held aborts in the checkin
       auto& att = Peer::attachment(*mgr);
       auto& mu = att.segment().control()->mutex;
       if (take_mutex) {
-        mu.lock();
+        mu.lock(att.pid());
       }
       {
         // Adopting a mutex this thread does not hold is the bug the check catches.

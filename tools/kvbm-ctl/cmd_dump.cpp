@@ -86,10 +86,11 @@ int run_dump(const DumpOptions& o) {
                 {"block_count", s.block_count()},
                 {"epoch", h->epoch.load()},
                 {"init_state", h->init_state.load()},
-                {"intent_armed", (s.control()->intent.seq.load() & 1) != 0}};
+                {"intent_armed", (s.control()->intent.seq.load() & 1) != 0},
+                {"lock_holder", lock_holder_json(lock_holder(s))}};
     json procs_json = json::array();
     for (const auto& p : procs) {
-      procs_json.push_back(process_json(p));
+      procs_json.push_back(process_json(p, lock_holder(s)));
     }
     std::fputs(fmt::format("{{\"header\":{},\"processes\":{},\"slots\":[", header.dump(),
                            procs_json.dump())
@@ -117,8 +118,8 @@ int run_dump(const DumpOptions& o) {
   fmt::print("header: layout {}.{}, fingerprint {:016x}, {} bytes, epoch {}, intent {}\n",
              h->layout_major, h->layout_minor, h->abi_fingerprint, h->segment_bytes,
              h->epoch.load(), (s.control()->intent.seq.load() & 1) != 0 ? "ARMED" : "idle");
-  fmt::print("processes:\n");
-  print_processes_table(procs);
+  fmt::print("store lock: {}\nprocesses:\n", lock_holder_text(lock_holder(s)));
+  print_processes_table(procs, lock_holder(s));
   fmt::print(
       "slots ({}):\n  {:>8}  {:<9}  {:<44}  {:>18}  {:>5}  {:>6}  {}\n",
       o.states.empty() ? std::string("non-reset") : fmt::format("{}", fmt::join(o.states, ",")),

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// kvbm-ctl info NAME [--json]: config, pool counts, processes and metrics (read-only).
+// kvbm-ctl info NAME [--json]: config, pool counts, the store lock's holder, processes and
+// metrics (read-only).
 #include <fmt/format.h>
 
 #include "common.hpp"
@@ -26,10 +27,11 @@ int run_info(const std::string& name, bool as_json) {
   const d::Segment& s = **seg;
   const auto& c = s.config();
   const auto procs = d::list_processes(s);
+  const auto holder = lock_holder(s);
   if (as_json) {
     json procs_json = json::array();
     for (const auto& p : procs) {
-      procs_json.push_back(process_json(p));
+      procs_json.push_back(process_json(p, holder));
     }
     json j{{"name", c.name},
            {"block_count", c.block_count},
@@ -49,6 +51,7 @@ int run_info(const std::string& name, bool as_json) {
            {"epoch", s.header()->epoch.load()},
            {"counts", counts_json(s)},
            {"processes", procs_json},
+           {"lock_holder", lock_holder_json(holder)},
            {"metrics", metrics_json(s)}};
     fmt::print("{}\n", j.dump(2));
     return kOk;
@@ -65,6 +68,7 @@ int run_info(const std::string& name, bool as_json) {
   fmt::print("\nevents       ring of {} records{}\n", c.event_capacity,
              c.store_token_ids ? ", token ids kept" : "");
   fmt::print("epoch        {}\n", s.header()->epoch.load());
+  fmt::print("store lock   {}\n", lock_holder_text(holder));
   const auto counts = counts_json(s);
   fmt::print("blocks by state\n");
   for (const auto& state : d::kSlotStateNames) {
@@ -72,7 +76,7 @@ int run_info(const std::string& name, bool as_json) {
     fmt::print("  {:<10} {:>10}\n", k, counts[k].get<std::uint64_t>());
   }
   fmt::print("processes ({} of {} entries in use)\n", procs.size(), c.max_processes);
-  print_processes_table(procs);
+  print_processes_table(procs, holder);
   fmt::print("metrics\n");
   for (const auto& [n, v] : d::read_metrics(s).all()) {
     fmt::print("  {:<36} {:>12}\n", n, v);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // kvbm-ctl top NAME [--interval 1] [--once] [--json]: a live view of one segment, refreshed
-// every interval: blocks by pool, operation rates, the prefix-cache hit rate, the processes.
+// every interval: blocks by pool, operation rates, the prefix-cache hit rate, the processes and a
+// process that has held the store lock for 1 s or more (JSON: "lock_holder", any hold).
 // Read-only (no process entry, no lock). --once prints one frame (totals since creation, no
 // rates) and exits; --json prints each frame as one JSON line. SIGINT or SIGTERM stops it.
 #include <signal.h>
@@ -72,7 +73,8 @@ constexpr std::string_view kRates[][2] = {
 json frame_json(const d::Segment& s,
                 const Sample& now,
                 const std::optional<Sample>& before,
-                const std::vector<d::ProcessView>& procs) {
+                const std::vector<d::ProcessView>& procs,
+                const std::optional<LockHolder>& holder) {
   json rates = json::object();
   for (const auto& r : kRates) {
     const auto v = rate(now, before, r[1]);
@@ -81,7 +83,7 @@ json frame_json(const d::Segment& s,
   const auto hr = hit_rate(now, before);
   json p = json::array();
   for (const auto& v : procs) {
-    p.push_back(process_json(v));
+    p.push_back(process_json(v, holder));
   }
   return json{{"name", s.config().name},
               {"time", std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -91,13 +93,15 @@ json frame_json(const d::Segment& s,
               {"counts", counts_json(s)},
               {"rates_per_second", rates},
               {"prefix_cache_hit_rate", hr ? json(*hr) : json(nullptr)},
-              {"processes", p}};
+              {"processes", p},
+              {"lock_holder", lock_holder_json(holder)}};
 }
 
 void print_frame(const d::Segment& s,
                  const Sample& now,
                  const std::optional<Sample>& before,
-                 const std::vector<d::ProcessView>& procs) {
+                 const std::vector<d::ProcessView>& procs,
+                 const std::optional<LockHolder>& holder) {
   const auto& c = s.config();
   const auto now_time = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   fmt::print("kvbm {}  {} blocks x {} tokens, eviction {}   {:%H:%M:%S}\n", c.name, s.block_count(),
@@ -118,9 +122,12 @@ void print_frame(const d::Segment& s,
   fmt::print("\nprefix-cache hit rate {} ({})\n",
              hr ? fmt::format("{:.1f}%", 100 * *hr) : std::string("- (no lookups)"),
              before ? "this interval" : "since creation");
+  if (holder && holder->too_long()) {
+    fmt::print("STORE LOCK {}\n", lock_holder_text(holder));
+  }
   fmt::print("processes ({} attached, {} dead)\n", procs.size(),
              procs.size() - live_processes(procs));
-  print_processes_table(procs);
+  print_processes_table(procs, holder);
 }
 
 int run_top(const TopOptions& o) {
@@ -139,13 +146,14 @@ int run_top(const TopOptions& o) {
     const d::Segment& s = **seg;
     const Sample now{std::chrono::steady_clock::now(), d::read_metrics(s)};
     const auto procs = d::list_processes(s);
+    const auto holder = lock_holder(s);
     if (o.as_json) {
-      fmt::print("{}\n", frame_json(s, now, before, procs).dump());
+      fmt::print("{}\n", frame_json(s, now, before, procs, holder).dump());
     } else {
       if (tty && !o.once) {
         fmt::print("\x1b[H\x1b[2J");  // home, clear: redraw in place
       }
-      print_frame(s, now, before, procs);
+      print_frame(s, now, before, procs, holder);
       if (!tty && !o.once) {
         fmt::print("\n");
       }
@@ -170,7 +178,8 @@ Command add_top(CLI::App& app) {
   auto o = std::make_shared<TopOptions>();
   auto* top = app.add_subcommand(
       "top",
-      "Live view of a segment: pools, rates, prefix-cache hit rate, processes.\n"
+      "Live view of a segment: pools, rates, prefix-cache hit rate, processes, and a process\n"
+      "  that has held the store lock for 1 s or more.\n"
       "  example: kvbm-ctl top kv-gpu0 --interval 2     (kvbm-ctl top kv-gpu0 --once: one frame)");
   top->add_option("NAME", o->name, "segment name")->required();
   top->add_option("--interval", o->interval, "seconds between frames")

@@ -55,7 +55,41 @@ json counts_json(const d::Segment& seg) {
   return j;
 }
 
-json process_json(const d::ProcessView& p) {
+std::optional<LockHolder> lock_holder(const d::Segment& seg) {
+  const shm::HolderView h = seg.control()->mutex.current_holder();
+  if (h.pid == 0) {
+    return std::nullopt;
+  }
+  return LockHolder{h.pid, h.held_ms};
+}
+
+json lock_holder_json(const std::optional<LockHolder>& holder) {
+  if (!holder) {
+    return nullptr;
+  }
+  return json{{"pid", holder->pid}, {"held_ms", holder->held_ms}, {"too_long", holder->too_long()}};
+}
+
+std::string lock_holder_text(const std::optional<LockHolder>& holder) {
+  if (!holder) {
+    return "free";
+  }
+  return fmt::format("held by pid {} for {} ms{}", holder->pid, holder->held_ms,
+                     holder->too_long()
+                         ? ": longer than 1 s, every worker waits for it (is it stopped or stuck?)"
+                         : "");
+}
+
+namespace {
+
+// Whether live entry `p` is the store lock's holder (a dead entry's pid may have been reused).
+bool holds_lock(const d::ProcessView& p, const std::optional<LockHolder>& holder) {
+  return holder && p.alive && static_cast<std::uint32_t>(p.pid) == holder->pid;
+}
+
+}  // namespace
+
+json process_json(const d::ProcessView& p, const std::optional<LockHolder>& holder) {
   return json{{"index", p.index},
               {"pid", p.pid},
               {"alive", p.alive},
@@ -63,7 +97,8 @@ json process_json(const d::ProcessView& p) {
               {"start_ticks", p.start_ticks},
               {"attached_ns", p.attached_ns},
               {"mutable_or_staged", p.exclusive},
-              {"registered_held", p.held}};
+              {"registered_held", p.held},
+              {"lock_held_ms", holds_lock(p, holder) ? json(holder->held_ms) : json(nullptr)}};
 }
 
 json metrics_json(const d::Segment& seg) {
@@ -74,16 +109,29 @@ json metrics_json(const d::Segment& seg) {
   return m;
 }
 
-void print_processes_table(const std::vector<d::ProcessView>& procs) {
+void print_processes_table(const std::vector<d::ProcessView>& procs,
+                           const std::optional<LockHolder>& holder) {
+  // Only a long hold is worth a mark: any process holds the lock for microseconds now and then.
+  const std::optional<LockHolder> long_hold = holder && holder->too_long() ? holder : std::nullopt;
+  bool marked = false;
   if (procs.empty()) {
     fmt::print("  (no process attached)\n");
-    return;
+  } else {
+    fmt::print("  {:>5}  {:>8}  {:<6}  {:>11}  {:>15}  {:>11}\n", "entry", "pid", "state",
+               "incarnation", "mutable/staged", "registered");
   }
-  fmt::print("  {:>5}  {:>8}  {:<6}  {:>11}  {:>15}  {:>11}\n", "entry", "pid", "state",
-             "incarnation", "mutable/staged", "registered");
   for (const auto& p : procs) {
-    fmt::print("  {:>5}  {:>8}  {:<6}  {:>11}  {:>15}  {:>11}\n", p.index, p.pid,
-               p.alive ? "alive" : "DEAD", p.incarnation, p.exclusive, p.held);
+    const bool holds = holds_lock(p, long_hold);
+    marked = marked || holds;
+    fmt::print("  {:>5}  {:>8}  {:<6}  {:>11}  {:>15}  {:>11}{}\n", p.index, p.pid,
+               p.alive ? "alive" : "DEAD", p.incarnation, p.exclusive, p.held,
+               holds ? fmt::format("  HOLDS THE STORE LOCK for {} ms", long_hold->held_ms) : "");
+  }
+  if (long_hold && !marked) {
+    fmt::print(
+        "  store lock held by pid {} for {} ms (no process entry: a tool or an event "
+        "reader)\n",
+        long_hold->pid, long_hold->held_ms);
   }
 }
 

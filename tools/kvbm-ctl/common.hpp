@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,6 +22,7 @@
 
 #include "segment/processes.hpp"
 #include "segment/segment.hpp"
+#include "shm/control.hpp"
 
 namespace kvbm::ctl {
 
@@ -50,10 +52,29 @@ bool has_hash(const shm::SlotMeta& m);
 std::string hash_text(const shm::SlotMeta& m);
 
 json counts_json(const d::Segment& seg);
-json process_json(const d::ProcessView& p);
+
+/// Who holds the store lock, read lock-free from the segment (the holder record beside the
+/// mutex): nullopt when it is free.
+struct LockHolder {
+  std::uint32_t pid;      // in the holder's PID namespace, as in its process entry
+  std::uint32_t held_ms;  // how long this hold has lasted
+  /// A hold this long is reported (DESIGN.md section 12): it blocks every worker.
+  bool too_long() const { return held_ms >= shm::RobustMutex::kLongHoldMs; }
+};
+std::optional<LockHolder> lock_holder(const d::Segment& seg);
+/// {"pid", "held_ms", "too_long"}, or null when the lock is free.
+json lock_holder_json(const std::optional<LockHolder>& holder);
+/// One line for a person: "free" or "held by pid N for X ms" (and why a long hold matters).
+std::string lock_holder_text(const std::optional<LockHolder>& holder);
+
+/// A process entry; "lock_held_ms" is how long it has held the store lock (null: it does not).
+json process_json(const d::ProcessView& p, const std::optional<LockHolder>& holder);
 /// The section 5 metrics without the "kvbm_" prefix.
 json metrics_json(const d::Segment& seg);
-void print_processes_table(const std::vector<d::ProcessView>& procs);
+/// The process table. An entry that has held the store lock for 1 s or more is marked; so is
+/// such a holder without a process entry (a tool or an event reader), on a line of its own.
+void print_processes_table(const std::vector<d::ProcessView>& procs,
+                           const std::optional<LockHolder>& holder);
 
 /// `--json` on a printing command: one JSON document on stdout instead of the text (errors stay
 /// on stderr with their exit codes). Every command that prints takes it.
