@@ -18,6 +18,7 @@
 #include "metrics_reader.hpp"
 #include "segment/segment.hpp"
 #include "segment/shm_object.hpp"
+#include "store/paced_verify.hpp"
 
 namespace kvbm {
 
@@ -437,11 +438,26 @@ std::size_t BlockManager::reap_dead_processes() {
 }
 
 std::vector<std::string> BlockManager::verify() const {
-  std::vector<std::string> problems;
-  auto lock = att_->lock();
-  att_->store().verify(problems);
-  att_->verify_processes(problems);
-  return problems;
+  return verify(VerifyMode::kPaced).problems;
+}
+
+VerifyReport BlockManager::verify(VerifyMode mode) const {
+  VerifyReport report;
+  std::optional<detail::StoreLock> lock(att_->lock());
+  if (mode == VerifyMode::kExclusive) {
+    att_->store().verify(report.problems);
+  } else {
+    const detail::MutexHold hold{[&] { lock.reset(); }, [&] { lock.emplace(att_->lock()); }};
+    auto paced = detail::paced_verify(att_->store(), hold);
+    report.problems = std::move(paced.problems);
+    report.complete = paced.complete;
+    report.notes = std::move(paced.notes);
+    report.yields = paced.yields;
+    report.restarts = paced.restarts;
+    report.operations = paced.operations;
+  }
+  att_->verify_processes(report.problems);
+  return report;
 }
 
 std::size_t BlockManager::total_blocks() const {

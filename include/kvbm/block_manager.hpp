@@ -26,6 +26,7 @@
 #include "kvbm/error.hpp"
 #include "kvbm/metrics.hpp"
 #include "kvbm/sequence_hash.hpp"
+#include "kvbm/verify.hpp"
 
 namespace kvbm {
 
@@ -109,8 +110,12 @@ class BlockManager {
   /// Releases everything held by processes that died; returns how many entries were reaped.
   std::size_t reap_dead_processes();
   /// Every broken invariant, one line each; empty when consistent. Dead-but-unreaped process
-  /// entries are listed as problems.
+  /// entries are listed as problems. Paced (VerifyMode::kPaced): it never keeps a worker
+  /// waiting long, and on a segment too busy for a consistent walk it checks what it can (use
+  /// verify(VerifyMode) to learn whether everything was compared).
   std::vector<std::string> verify() const;
+  /// verify() with the walk chosen, and how it went.
+  VerifyReport verify(VerifyMode mode) const;
 
   std::size_t total_blocks() const;
   std::size_t available_blocks() const;  // reset + inactive, one snapshot

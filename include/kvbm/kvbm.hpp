@@ -10,4 +10,5 @@
 #include "kvbm/log.hpp"
 #include "kvbm/metrics.hpp"
 #include "kvbm/sequence_hash.hpp"
+#include "kvbm/verify.hpp"
 #include "kvbm/version.hpp"

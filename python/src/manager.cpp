@@ -388,12 +388,20 @@ back, no recency, frequency or metric change): 'cached' (inactive, or held and s
           "Releases everything held by processes that died; returns how many were reaped.")
       .def(
           "verify",
-          [](const State& s) {
+          [](const State& s, bool exclusive) {
             auto keep = s->get();
             auto& mgr = *keep;
-            return without_gil([&] { return mgr.verify(); });
+            return without_gil([&] {
+              return mgr.verify(exclusive ? kvbm::VerifyMode::kExclusive : kvbm::VerifyMode::kPaced)
+                  .problems;
+            });
           },
-          "Every broken invariant, one string each; [] when the segment is consistent.")
+          py::kw_only(), py::arg("exclusive") = false,
+          "Every broken invariant, one string each; [] when the segment is consistent. Gives "
+          "the store lock up for a moment every few microseconds; on a segment too busy for a "
+          "whole "
+          "consistent walk it checks what each chunk can check alone. exclusive=True holds the "
+          "lock for the whole walk (workers wait) and always compares everything.")
       .def(
           "total_blocks", [](const State& s) { return s->get()->total_blocks(); },
           "Blocks in the segment.")

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "segment/walk_pacer.hpp"
+
 namespace kvbm::shm {
 struct LineageHeader;
 }
@@ -41,8 +43,9 @@ class InactiveBackend {
   /// A frequency event for `hash` (first registration, match hit, touching scan). Only the
   /// MultiLRU backend counts them.
   virtual void touch(std::uint64_t /*hi*/, std::uint64_t /*lo*/) {}
-  /// Appends a line per broken invariant of the backend's structures.
-  virtual void verify(std::vector<std::string>& problems) const = 0;
+  /// Appends a line per broken invariant of the backend's structures; `pacer.step()` once per
+  /// node it visits (it may yield the store mutex, or throw to abandon the walk).
+  virtual void verify(std::vector<std::string>& problems, WalkPacer& pacer) const = 0;
 };
 
 /// The backend selected by the segment's config.

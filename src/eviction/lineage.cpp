@@ -258,7 +258,7 @@ class LineageBackend final : public InactiveBackend {
     }
   }
 
-  void verify(std::vector<std::string>& problems) const override;
+  void verify(std::vector<std::string>& problems, WalkPacer& pacer) const override;
 
   static void reset_region(shm::LineageHeader* h, const shm::LineageGeometry& geo) {
     auto* base = reinterpret_cast<std::byte*>(h);
@@ -675,7 +675,7 @@ class LineageBackend final : public InactiveBackend {
   std::uint64_t hole_ = kNoHole;
 };
 
-void LineageBackend::verify(std::vector<std::string>& problems) const {
+void LineageBackend::verify(std::vector<std::string>& problems, WalkPacer& pacer) const {
   const std::size_t before_count = problems.size();
   auto problem = [&](std::string text) {
     if (problems.size() - before_count < 20) {  // a broken tree would otherwise repeat itself
@@ -690,6 +690,7 @@ void LineageBackend::verify(std::vector<std::string>& problems) const {
   }
   std::uint64_t reals = 0, leaves = 0, nodes_in_use = 0;
   for (std::uint32_t n = 0; n < geo_.capacity; ++n) {
+    pacer.step();
     const LineageNode& node = nodes_[n];
     if (node.kind() == NodeKind::kFree) {
       continue;
@@ -737,6 +738,7 @@ void LineageBackend::verify(std::vector<std::string>& problems) const {
   }
   std::uint64_t keyed = 0;
   for (std::uint32_t i = 0; i < geo_.key_capacity; ++i) {
+    pacer.step();
     const std::uint32_t b = keys_[i];
     if (b == kNil) {
       continue;
@@ -770,6 +772,7 @@ void LineageBackend::verify(std::vector<std::string>& problems) const {
     std::uint64_t seen = 0;
     std::uint32_t prev = kNil;
     for (std::uint32_t s = h_->leaves.head; s != kNil; s = slots_[s].next) {
+      pacer.step();
       if (!leaf_slot(s) || ++seen > geo_.capacity || slots_[s].prev != prev) {
         problem("leaf list is broken");
         break;
@@ -785,6 +788,7 @@ void LineageBackend::verify(std::vector<std::string>& problems) const {
       problem(fmt::format("leaf heap holds {} of {} leaves", h_->heap_len, leaves));
     }
     for (std::uint64_t i = 0; i < h_->heap_len && i < geo_.heap_capacity; ++i) {
+      pacer.step();
       const LineageHeapEntry& e = heap_[i];
       if (!leaf_slot(e.slot) || slots_[e.slot].prev != i || e.tick() != slots_[e.slot].tick ||
           (i > 0 && before(e, heap_[(i - 1) / kArity]))) {
@@ -795,6 +799,7 @@ void LineageBackend::verify(std::vector<std::string>& problems) const {
   }
   std::uint64_t seen = 0;
   for (std::uint32_t s = h_->overflow.head; s != kNil; s = slots_[s].next) {
+    pacer.step();
     if (s >= n_ || ++seen > n_ ||
         slots_[s].state != static_cast<std::uint8_t>(shm::SlotState::kInactive)) {
       problem("overflow list is broken");

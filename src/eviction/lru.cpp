@@ -34,11 +34,12 @@ class LruBackend final : public InactiveBackend {
     list_assign(list_, slots_, n_, slots_by_tick(slots_, n_, shm::SlotState::kInactive));
   }
 
-  void verify(std::vector<std::string>& problems) const override {
+  void verify(std::vector<std::string>& problems, WalkPacer& pacer) const override {
     std::uint64_t seen = 0;
     std::uint32_t prev = shm::kNil;
     std::uint64_t last_tick = 0;
     for (std::uint32_t s = list_.head; s != shm::kNil; s = slots_[s].next) {
+      pacer.step();
       if (s >= n_ || seen > n_) {
         problems.push_back("inactive list: link out of range or cycle");
         return;

@@ -69,11 +69,12 @@ class MultiLruBackend final : public InactiveBackend {
     }
   }
 
-  void verify(std::vector<std::string>& problems) const override {
+  void verify(std::vector<std::string>& problems, WalkPacer& pacer) const override {
     for (int l = 0; l < 4; ++l) {
       std::uint64_t seen = 0;
       std::uint32_t prev = shm::kNil;
       for (std::uint32_t s = lists_[l].head; s != shm::kNil; s = slots_[s].next) {
+        pacer.step();
         if (s >= n_ || seen >= n_) {
           problems.push_back(fmt::format("level {} list: link out of range or cycle", l));
           return;

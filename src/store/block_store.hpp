@@ -28,6 +28,7 @@
 
 #include "eviction/backend.hpp"
 #include "segment/segment.hpp"
+#include "segment/walk_pacer.hpp"
 #include "shm/intent.hpp"
 #include "store/event_log.hpp"
 #include "store/hash_index.hpp"
@@ -237,8 +238,17 @@ class BlockStore {
   /// Rebuilds free list, inactive backend, hash index, state and keep-alive counts from slots.
   /// Returns problems it could not fix (e.g. two cached slots with one hash).
   std::vector<std::string> rebuild_derived();
-  /// Every broken invariant of the slots and derived structures (not liveness).
+  /// Every broken invariant of the slots and derived structures (not liveness), in one hold of
+  /// the store mutex.
   void verify(std::vector<std::string>& problems) const;
+  /// kWhole: every invariant. kLocal: only what can be checked from one slot, bucket or list
+  /// link at a time (per-slot fields, owner and holder entries, a Duplicate's primary, a cached
+  /// slot found by its hash, each bucket's slot and tag, the free-list links around each Reset
+  /// slot); no counts, list lengths, whole-list walks or eviction backend.
+  enum class VerifyScope { kWhole, kLocal };
+  /// verify() with `pacer.step()` between two units of work: the pacer may yield the mutex, and
+  /// throws to abandon a kWhole walk that an operation ran into (store/paced_verify.hpp).
+  void verify(std::vector<std::string>& problems, WalkPacer& pacer, VerifyScope scope) const;
 
  private:
   /// Arms the intent (Txn only).
@@ -280,6 +290,14 @@ class BlockStore {
   void release_primary(std::uint32_t slot) noexcept;  // requires: logged, no holder, no keep-alive
   void resurrect(std::uint32_t slot) noexcept;        // Inactive -> Primary; requires: logged
   SequenceHash hash_of(std::uint32_t slot) const noexcept;
+  /// verify(): the checks of the local scope that the whole walk makes from its tallies.
+  void verify_slot_locally(std::uint32_t slot, std::vector<std::string>& problems) const;
+  /// verify(): every bucket, then every cached slot's lookup; `cached` (whole only) is the number
+  /// of Primary and Inactive slots the bucket count must match.
+  void verify_index(std::vector<std::string>& problems,
+                    WalkPacer& pacer,
+                    bool whole,
+                    std::uint64_t cached) const;
 
   Segment& seg_;
   shm::ControlBlock* ctl_;

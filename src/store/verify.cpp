@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // BlockStore::verify: every structural invariant, O(block_count), bounded walks (the image may be
 // corrupt). Liveness of process entries is checked by the caller, which can probe OFD locks.
+// The walk calls pacer.step() between two units of work (a slot, a bucket, a list node): a pacer
+// may give the mutex up there and throw if an operation ran meanwhile (store/paced_verify.hpp),
+// so no check ever combines what it read before a yield with what it reads after one unless no
+// operation ran in between. The local scope keeps only the checks that read things consistent
+// within one lock hold, for a segment too busy for a whole consistent walk.
 #include <fmt/format.h>
 
 #include "segment/slot_state_names.hpp"
@@ -21,6 +26,14 @@ std::string_view state_name(std::uint8_t s) {
 }  // namespace
 
 void BlockStore::verify(std::vector<std::string>& problems) const {
+  WalkPacer never_yields;
+  verify(problems, never_yields, VerifyScope::kWhole);
+}
+
+void BlockStore::verify(std::vector<std::string>& problems,
+                        WalkPacer& pacer,
+                        VerifyScope scope) const {
+  const bool whole = scope == VerifyScope::kWhole;
   const std::uint32_t max_procs = seg_.max_processes();
   auto entry_in_use = [&](std::uint32_t p) {
     return p < max_procs && procs_[p].state.load(std::memory_order_relaxed) !=
@@ -32,8 +45,9 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
   std::uint64_t counts[shm::kSlotStateCount] = {};
   std::uint64_t staged_of[shm::kMaxProcesses] = {};     // Staged slots per owner entry
   std::uint64_t exclusive_of[shm::kMaxProcesses] = {};  // Mutable + Staged slots per owner entry
-  std::vector<std::uint32_t> dup_refs(n_, 0);
+  std::vector<std::uint32_t> dup_refs(whole ? n_ : 0, 0);
   for (std::uint32_t s = 0; s < n_; ++s) {
+    pacer.step();
     const auto& m = slots_[s];
     if (m.state >= shm::kSlotStateCount) {
       problems.push_back(fmt::format("slot {}: invalid state value {}", s, m.state));
@@ -73,7 +87,9 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
         problems.push_back(
             fmt::format("slot {}: Duplicate whose primary {} is not Primary", s, m.dup_primary));
       } else {
-        ++dup_refs[m.dup_primary];
+        if (whole) {
+          ++dup_refs[m.dup_primary];
+        }
         const auto& pm = slots_[m.dup_primary];
         if (pm.hash_hi != m.hash_hi || pm.hash_lo != m.hash_lo) {
           problems.push_back(
@@ -83,8 +99,16 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     } else if (m.dup_primary != kNil) {
       problems.push_back(fmt::format("slot {}: {} with a duplicate link", s, state_name(m.state)));
     }
+    if (!whole) {
+      verify_slot_locally(s, problems);
+    }
+  }
+  if (!whole) {
+    verify_index(problems, pacer, /*whole=*/false, 0);
+    return;
   }
   for (std::uint32_t s = 0; s < n_; ++s) {
+    pacer.step();
     const auto& m = slots_[s];
     if (m.state == st(SlotState::kPrimary)) {
       if (m.keepalive != dup_refs[s]) {
@@ -130,6 +154,7 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
     std::uint32_t prev = kNil;
     bool broken = false;
     for (std::uint32_t s = l.head; s != kNil; s = slots_[s].next) {
+      pacer.step();
       if (s >= n_ || seen >= n_) {
         problems.push_back("free list: link out of range or cycle");
         broken = true;
@@ -153,15 +178,63 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
       problems.push_back("free list: tail does not match the last entry");
     }
   }
-  backend_->verify(problems);
+  backend_->verify(problems, pacer);
   if (backend_->size() != counts[st(SlotState::kInactive)]) {
     problems.push_back(fmt::format("inactive pool holds {} blocks but {} slots are Inactive",
                                    backend_->size(), counts[st(SlotState::kInactive)]));
   }
+  verify_index(problems, pacer, /*whole=*/true,
+               counts[st(SlotState::kPrimary)] + counts[st(SlotState::kInactive)]);
+}
+
+void BlockStore::verify_slot_locally(std::uint32_t s, std::vector<std::string>& problems) const {
+  const auto& m = slots_[s];
+  // What the whole walk checks against the duplicates it counted, from this slot alone.
+  if (m.state == st(SlotState::kPrimary)) {
+    if (m.holders == 0 && m.keepalive == 0) {
+      problems.push_back(fmt::format("slot {}: Primary held by nobody (should be released)", s));
+    }
+  } else if (m.state < shm::kSlotStateCount && m.keepalive != 0) {
+    problems.push_back(fmt::format("slot {}: {} with a keep-alive count", s, state_name(m.state)));
+  }
+  if (m.state != st(SlotState::kReset)) {
+    return;
+  }
+  // The free list seen from each Reset slot: the links of its part of the list, in the words of
+  // the whole walk (which follows them from the head).
+  const auto& l = ctl_->free_list;
+  if (m.prev == kNil && l.head != s) {
+    problems.push_back(fmt::format("free list: slot {} has a wrong back link", s));
+  }
+  if (m.next == kNil) {
+    if (l.tail != s) {
+      problems.push_back("free list: tail does not match the last entry");
+    }
+    return;
+  }
+  if (m.next >= n_) {
+    problems.push_back("free list: link out of range or cycle");
+    return;
+  }
+  const auto& next = slots_[m.next];
+  if (next.state != st(SlotState::kReset)) {
+    problems.push_back(
+        fmt::format("free list: slot {} is {}, not Reset", m.next, state_name(next.state)));
+  }
+  if (next.prev != s) {
+    problems.push_back(fmt::format("free list: slot {} has a wrong back link", m.next));
+  }
+}
+
+void BlockStore::verify_index(std::vector<std::string>& problems,
+                              WalkPacer& pacer,
+                              bool whole,
+                              std::uint64_t cached) const {
   // Hash index: exactly the Primary and Inactive slots, one per hash.
   std::uint64_t indexed = 0;
   bool buckets_in_range = true;
   for (std::uint32_t b = 0; b < index_.capacity(); ++b) {
+    pacer.step();
     const auto& e = index_.bucket(b);
     if (e.slot == kNil) {
       continue;
@@ -180,14 +253,16 @@ void BlockStore::verify(std::vector<std::string>& problems) const {
       problems.push_back(fmt::format("hash index: bucket {} has a stale tag", b));
     }
   }
-  const std::uint64_t cached = counts[st(SlotState::kPrimary)] + counts[st(SlotState::kInactive)];
-  if (indexed != cached) {
+  if (whole && indexed != cached) {
     problems.push_back(
         fmt::format("hash index: {} entries but {} Primary/Inactive slots", indexed, cached));
   }
-  // Lookups dereference bucket slots and stop at an empty bucket: only safe on a sane table.
+  // Lookups dereference bucket slots and stop at an empty bucket: only safe on a sane table (in
+  // the local scope `indexed` was counted across yields: only a guard against a full table,
+  // whose every lookup would probe all of it).
   if (buckets_in_range && indexed < index_.capacity()) {
     for (std::uint32_t s = 0; s < n_; ++s) {
+      pacer.step();
       const auto& m = slots_[s];
       if ((m.state == st(SlotState::kPrimary) || m.state == st(SlotState::kInactive)) &&
           index_.find(m.hash_hi, m.hash_lo) != s) {

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include "store/paced_verify.hpp"
 #include "store/repair.hpp"
 #include "store/unattached_lock.hpp"
 
@@ -37,18 +38,62 @@ Result<void> ToolSession::lock(std::chrono::milliseconds wait, std::vector<std::
 }
 
 std::vector<std::string> verify_segment(ToolSession& session) {
-  std::vector<std::string> problems;
-  auto locked = session.lock(std::chrono::milliseconds(2000), problems);
+  return verify_segment(session, VerifyMode::kExclusive).problems;
+}
+
+namespace {
+/// A paced walk could not take the lock back.
+struct LockLost {
+  std::string message;
+};
+}  // namespace
+
+VerifyReport verify_segment(ToolSession& session, VerifyMode mode) {
+  constexpr std::chrono::milliseconds kWait(2000);
+  VerifyReport report;
+  // What taking the lock recovered (a holder that died) is reported as a problem, as ever.
+  auto locked = session.lock(kWait, report.problems);
   if (!locked) {
-    problems.push_back(locked.error().message);
-    return problems;
+    report.problems.push_back(locked.error().message);
+    report.complete = false;
+    return report;
   }
-  session.store().verify(problems);
+  if (mode == VerifyMode::kExclusive) {
+    session.store().verify(report.problems);
+  } else {
+    std::vector<std::string> relock_notes;
+    const MutexHold hold{[&] { session.unlock(); },
+                         [&] {
+                           if (auto again = session.lock(kWait, relock_notes); !again) {
+                             throw LockLost{again.error().message};
+                           }
+                         }};
+    try {
+      auto paced = paced_verify(session.store(), hold);
+      for (auto& n : relock_notes) {
+        report.problems.push_back(std::move(n));
+      }
+      for (auto& p : paced.problems) {
+        report.problems.push_back(std::move(p));
+      }
+      report.complete = paced.complete;
+      for (auto& n : paced.notes) {
+        report.notes.push_back(std::move(n));
+      }
+      report.yields = paced.yields;
+      report.restarts = paced.restarts;
+      report.operations = paced.operations;
+    } catch (const LockLost& lost) {
+      report.problems.push_back(lost.message);
+      report.complete = false;
+      return report;
+    }
+  }
   session.unlock();
   for (auto& p : dead_process_problems(session.segment())) {
-    problems.push_back(std::move(p));
+    report.problems.push_back(std::move(p));
   }
-  return problems;
+  return report;
 }
 
 namespace {

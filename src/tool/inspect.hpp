@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kvbm/error.hpp"
+#include "kvbm/verify.hpp"
 
 #include "segment/processes.hpp"
 #include "segment/segment.hpp"
@@ -44,8 +45,11 @@ class ToolSession {
   std::optional<StoreLock> lock_;  // released before store_ and seg_ go
 };
 
-/// Every problem: structural invariants (under the lock) and dead-but-unreaped entries.
+/// Every problem: structural invariants (in one hold of the lock) and dead-but-unreaped entries.
 std::vector<std::string> verify_segment(ToolSession& session);
+/// verify_segment() walked as `mode` says (kPaced: store/paced_verify.hpp). A lock that cannot
+/// be taken (again) is a problem of an incomplete report.
+VerifyReport verify_segment(ToolSession& session, VerifyMode mode);
 
 /// `kvbm-ctl reap`: under the store mutex (bounded wait; recovers a dead holder's operation
 /// first), releases every dead process entry with the library's own reaping. Safe beside live

@@ -67,6 +67,9 @@ def test_allocate_stage_register_match_release(mgr) -> None:
     again = mgr.match_blocks(hs)  # resurrected from the inactive pool
     assert len(again) == 4 and mgr.counts()["primary"] == 4
     assert mgr.verify() == []
+    assert mgr.verify(exclusive=True) == []
+    with pytest.raises(TypeError):
+        mgr.verify(True)  # keyword only: a bare True would not say what it means
 
 
 def test_match_stops_at_first_miss_and_scattered_and_scan(mgr) -> None:

@@ -47,7 +47,7 @@ inline Stats stats_of(std::vector<double> v) {
   return s;
 }
 
-enum class Unit { kNsPerBlock, kMs, kRatio, kBytesPerBlock };
+enum class Unit { kNsPerBlock, kMs, kUs, kRatio, kBytesPerBlock };
 
 /// One line of the result table.
 struct Row {

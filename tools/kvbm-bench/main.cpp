@@ -11,7 +11,9 @@
 //        kvbm-bench --evict-instructions lru|lineage|baseline N   (for callgrind, see bench.sh)
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -616,6 +618,8 @@ std::string fmt_value(double v, Unit u) {
       return fmt::format("{:.1f} ns", v);
     case Unit::kMs:
       return fmt::format("{:.2f} ms", v);
+    case Unit::kUs:
+      return fmt::format("{:.1f} us", v);
     case Unit::kRatio:
       return fmt::format("{:.2f}x", v);
     case Unit::kBytesPerBlock:
@@ -631,7 +635,7 @@ std::string fmt_stats(const std::optional<Stats>& s, Unit u, bool spread) {
   if (!spread || s->n < 3) {
     return fmt_value(s->median, u);
   }
-  const bool small = u == Unit::kNsPerBlock || u == Unit::kRatio;
+  const bool small = u == Unit::kNsPerBlock || u == Unit::kUs || u == Unit::kRatio;
   return fmt::format("{} ({}-{})", fmt_value(s->median, u),
                      small ? fmt::format("{:.{}f}", s->p10, u == Unit::kRatio ? 2 : 1)
                            : fmt::format("{:.2f}", s->p10),
@@ -1078,6 +1082,221 @@ void case_verify(Context& cx) {
   cx.rows.push_back(b);
 }
 
+// Cases 7c-7g: what a worker process pays while verify() walks the big segment. A forked worker
+// opens it and runs allocate_blocks(1) -> drop without pause, timing each of the two calls; while
+// the parent runs one verify (kPaced, the default, or kExclusive) it records every call that
+// overlaps it. On a machine shared with other jobs a call is also slow when the worker is
+// preempted, which verify has no part in: the worker reads its involuntary context switches
+// around each call (getrusage) and also reports the calls that were not preempted. A call kept
+// waiting by verify sleeps on the futex (a voluntary switch) and stays in.
+struct LatencyHistogram {
+  static constexpr std::int64_t kBucketNs = 100;
+  static constexpr std::size_t kBuckets = 1'000'000;  // up to 100 ms; longer in the last bucket
+  std::vector<std::uint32_t> counts = std::vector<std::uint32_t>(kBuckets, 0);
+  std::uint64_t calls = 0;
+  std::int64_t max_ns = 0;
+
+  void record(std::int64_t ns) {
+    counts[std::min<std::size_t>(static_cast<std::size_t>(ns / kBucketNs), kBuckets - 1)] += 1;
+    max_ns = std::max(max_ns, ns);
+    ++calls;
+  }
+  /// The upper edge of the bucket holding the 99th percentile (at most the maximum).
+  std::int64_t p99_ns() const {
+    std::uint64_t below = 0;
+    for (std::size_t b = 0; b < kBuckets; ++b) {
+      below += counts[b];
+      if (static_cast<double>(below) >= 0.99 * static_cast<double>(calls)) {
+        return std::min(static_cast<std::int64_t>(b + 1) * kBucketNs, max_ns);
+      }
+    }
+    return max_ns;
+  }
+};
+
+struct WorkerLatency {
+  std::atomic<int> phase;   // 0 warming up, 1 recording (verify runs), 2 stop
+  std::uint64_t calls;      // recorded calls
+  std::uint64_t preempted;  // of which preempted
+  std::int64_t max_ns;
+  std::int64_t p99_ns;
+  std::int64_t max_unpreempted_ns;
+};
+
+long involuntary_switches() {
+  rusage ru{};
+  ::getrusage(RUSAGE_THREAD, &ru);
+  return ru.ru_nivcsw;
+}
+
+[[noreturn]] void latency_worker(const std::string& name, WorkerLatency& shared, int ready_fd) {
+  auto m = BlockManager::open(name);
+  if (!m) {
+    die(fmt::format("open {}: {}", name, m.error()));
+  }
+  LatencyHistogram all;
+  std::int64_t max_unpreempted = 0;
+  std::uint64_t preempted = 0;
+  auto record = [&](std::int64_t ns, bool was_preempted) {
+    all.record(ns);
+    preempted += was_preempted ? 1 : 0;
+    if (!was_preempted) {
+      max_unpreempted = std::max(max_unpreempted, ns);
+    }
+  };
+  for (std::uint64_t i = 0;; ++i) {
+    const int at_start = shared.phase.load(std::memory_order_acquire);
+    if (at_start == 2) {
+      break;
+    }
+    const long s0 = involuntary_switches();
+    const std::int64_t t0 = now_ns();
+    auto blocks = (*m)->allocate_blocks(1);
+    const std::int64_t t1 = now_ns();
+    const long s1 = involuntary_switches();
+    if (!blocks) {
+      die("worker: allocate_blocks(1) failed");
+    }
+    const std::int64_t t2 = now_ns();
+    blocks->clear();  // the drop: Mutable -> Reset under the store mutex
+    const std::int64_t t3 = now_ns();
+    const long s2 = involuntary_switches();
+    // A call that overlapped the verify at either end counts (one kept waiting by it does).
+    if (at_start == 1 || shared.phase.load(std::memory_order_acquire) == 1) {
+      record(t1 - t0, s1 != s0);
+      record(t3 - t2, s2 != s1);
+    }
+    if (i == 10000) {
+      write_all(ready_fd, "r", 1);  // warmed up
+    }
+  }
+  shared.calls = all.calls;
+  shared.preempted = preempted;
+  shared.max_ns = all.max_ns;
+  shared.p99_ns = all.p99_ns();
+  shared.max_unpreempted_ns = max_unpreempted;
+  m->reset();  // detach: no dead entry left for the next worker's attach to reap
+  ::_exit(0);
+}
+
+void case_verify_latency(Context& cx) {
+  cx.ensure_full_segments();
+  BlockManager& big = *cx.seg1m;
+  const std::size_t n = big.total_blocks();
+  say(fmt::format("case 7c-7g: a worker's allocate/drop while verify() walks {} blocks", n));
+  auto* shared = static_cast<WorkerLatency*>(::mmap(
+      nullptr, sizeof(WorkerLatency), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  if (shared == MAP_FAILED) {
+    die(fmt::format("mmap: {}", std::strerror(errno)));
+  }
+  const std::string name = big.config().name;  // an inherited BlockManager refuses a fork child
+  struct Run {
+    double max_us = 0, p99_us = 0, unpreempted_us = 0, wall_ms = 0;
+    std::uint64_t calls = 0, preempted = 0;
+    kvbm::VerifyReport report;
+  };
+  // `mode`, or with `idle_ms` set no verify at all: the worker alone for that long, the noise
+  // floor of the machine.
+  auto one = [&](kvbm::VerifyMode mode, double idle_ms = 0) {
+    new (shared) WorkerLatency{};
+    Pipe ready;
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      die(fmt::format("fork: {}", std::strerror(errno)));
+    }
+    if (pid == 0) {
+      become_child();
+      ready.close_read();
+      latency_worker(name, *shared, ready.fd[1]);
+    }
+    ready.close_write();
+    char c = 0;
+    if (!read_all(ready.fd[0], &c, 1)) {
+      die("the latency worker died before it was ready");
+    }
+    Run run;
+    shared->phase.store(1, std::memory_order_release);
+    const std::int64_t t0 = now_ns();
+    if (idle_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(static_cast<long>(idle_ms * 1e3)));
+    } else {
+      run.report = big.verify(mode);
+    }
+    const std::int64_t t1 = now_ns();
+    shared->phase.store(2, std::memory_order_release);
+    wait_child(pid, false);
+    if (!run.report.problems.empty()) {
+      die(fmt::format("verify found {} problems, first: {}", run.report.problems.size(),
+                      run.report.problems.front()));
+    }
+    run.max_us = static_cast<double>(shared->max_ns) / 1e3;
+    run.p99_us = static_cast<double>(shared->p99_ns) / 1e3;
+    run.unpreempted_us = static_cast<double>(shared->max_unpreempted_ns) / 1e3;
+    run.wall_ms = static_cast<double>(t1 - t0) / 1e6;
+    run.calls = shared->calls;
+    run.preempted = shared->preempted;
+    return run;
+  };
+  const int reps = std::max(3, cx.opt.reps / 5);
+  std::vector<double> max_p, max_x, max_idle, p99_p, p99_x, wall_p, wall_x, up_p, up_x;
+  std::uint64_t complete = 0, yields = 0, restarts = 0, calls_p = 0, preempted_p = 0;
+  for (int r = 0; r < reps; ++r) {
+    // Alternated, so that load on the machine hits both.
+    const Run x = one(kvbm::VerifyMode::kExclusive);
+    const Run p = one(kvbm::VerifyMode::kPaced);
+    const Run idle = one(kvbm::VerifyMode::kPaced, p.wall_ms);
+    max_x.push_back(x.max_us);
+    p99_x.push_back(x.p99_us);
+    up_x.push_back(x.unpreempted_us);
+    wall_x.push_back(x.wall_ms);
+    max_p.push_back(p.max_us);
+    p99_p.push_back(p.p99_us);
+    up_p.push_back(p.unpreempted_us);
+    wall_p.push_back(p.wall_ms);
+    max_idle.push_back(idle.max_us);
+    complete += p.report.complete ? 1 : 0;
+    yields += p.report.yields;
+    restarts += p.report.restarts;
+    calls_p += p.calls;
+    preempted_p += p.preempted;
+  }
+  ::munmap(shared, sizeof(WorkerLatency));
+  // The first allocation of the first worker evicted a block: put the segment back as it was
+  // (every block registered and inactive) for case 8.
+  const std::size_t reset = big.counts().reset;
+  if (reset > 0) {
+    auto h = fresh_hashes(reset);
+    (void)register_fresh(big, h);
+  }
+  check(big.counts().inactive == n, "case 7c-7g leaves every block inactive");
+  say(
+      fmt::format("  paced verify: {} of {} walks complete, {} yields taken by the worker, {} "
+                  "restarts; the worker made {} calls during them, {} preempted",
+                  complete, reps, yields, restarts, calls_p, preempted_p));
+  const std::string seg = fmt::format("{} blocks", cx.label(n));
+  auto add = [&](const char* id, std::string what, Unit unit, const std::vector<double>& paced,
+                 const std::vector<double>& exclusive) {
+    Row r = make_row(id, std::move(what), unit, stats_of(paced), stats_of(exclusive));
+    r.base_label = "verify(kExclusive)";
+    r.target = "-";
+    return r;
+  };
+  Row c = add("7c", fmt::format("worker's slowest call during verify(), {}", seg), Unit::kUs, max_p,
+              max_x);
+  c.target = "<= 1000 us";
+  target_max(c, 1000, "1 ms");
+  cx.rows.push_back(c);
+  cx.rows.push_back(add("7d", "  the same, calls not preempted only", Unit::kUs, up_p, up_x));
+  cx.rows.push_back(add("7e", fmt::format("worker's p99 call during verify(), {}", seg), Unit::kUs,
+                        p99_p, p99_x));
+  cx.rows.push_back(add("7f", fmt::format("verify() wall time beside the worker, {}", seg),
+                        Unit::kMs, wall_p, wall_x));
+  Row g = make_row("7g", "worker's slowest call, no verify (as long as 7f kvbm)", Unit::kUs,
+                   stats_of(max_idle));
+  g.target = "-";
+  cx.rows.push_back(g);
+}
+
 // Case 8: a forked child opens the segment, takes the store mutex and is SIGKILLed; time of the
 // parent's next call (counts()), which recovers. Segments full of inactive blocks.
 void case_recovery(Context& cx) {
@@ -1220,6 +1439,7 @@ int run(const Options& opt) {
   }
   if (cx.wanted('7')) {
     case_verify(cx);
+    case_verify_latency(cx);
   }
   if (cx.wanted('8')) {
     case_recovery(cx);
