@@ -296,7 +296,7 @@ the count. Its handles hold a `shared_ptr` to the pool, as kvbm's hold one to th
    problem), 5 repetitions; the baseline column is an O(n) check of the baseline pool (walk both
    lists, every block and the hash map). Bytes per block = size of `/dev/shm/<name>` / block
    count: header, control block, process table, slots and hash index (no payload region).
-   Rows 7c-7e: a worker beside verify. A forked worker opens the same 1M segment and runs
+   Rows 7c-7f: a worker beside verify. A forked worker opens the same 1M segment and runs
    `allocate_blocks(1)` then the drop of the block without pause (after 10000 warm-up rounds),
    timing each of the two calls; while the parent runs one `verify()` it records every call
    that overlaps it in a histogram of 100 ns buckets (p99 = upper edge of the bucket; the
@@ -304,7 +304,9 @@ the count. Its handles hold a `shared_ptr` to the pool, as kvbm's hold one to th
    column is `VerifyMode::kPaced` (the default: it gives the lock up for a moment every ~3 us
    and, the segment being never quiet, ends with its local pass), the baseline column
    `VerifyMode::kExclusive` (one hold of the lock for the whole walk). 7c is the slowest call
-   (target: at most 1 ms), 7d the p99 call, 7e the verify's wall time.
+   (target: at most 1 ms), 7d the p99 call, 7e the verify's wall time. 7f is the noise floor:
+   the same worker alone for as long as a paced verify took (a preempted call is slow too; on
+   this machine a preempted or late-woken process waits for the next scheduler tick, 4 ms).
 8. **Recovery.** Segments of 10k and 1M blocks, full of inactive blocks. A forked child opens
    the segment, takes the store mutex with `kvbm::testing::Peer::lock_store_and_hold` and is
    SIGKILLed; the parent times its next call, `counts()`, which gets `EOWNERDEAD` and recovers

@@ -27,7 +27,7 @@ struct VerifyReport {
   /// eviction order's structures were not compared (see notes).
   bool complete = true;
   std::vector<std::string> notes;  // what was not compared, and why
-  std::uint64_t yields = 0;        // times the lock was given to a waiting worker
+  std::uint64_t yields = 0;        // times another process or thread took the lock meanwhile
   std::uint64_t restarts = 0;      // walks abandoned because an operation ran meanwhile
   std::uint64_t operations = 0;    // operations that ran while the lock was given up
 };

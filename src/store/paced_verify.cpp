@@ -54,14 +54,15 @@ class YieldingPacer final : public WalkPacer {
     }
     const Fingerprint before = fingerprint_of(seg_);
     hold_.release();
-    if (someone_took_it()) {
-      ++yields_;
-    }
+    const bool taken = someone_took_it();
     // As the caller locks: one trylock if the mutex is free, else spin, sleep, and recover a
     // holder that died.
     hold_.reacquire();
     held_since_ = Clock::now();
-    if (abandon_ && fingerprint_of(seg_) != before) {
+    const bool changed = fingerprint_of(seg_) != before;
+    // Someone else held the mutex meanwhile: in the window, or between it and our lock.
+    yields_ += taken || changed ? 1 : 0;
+    if (abandon_ && changed) {
       throw Abandon{};
     }
   }

@@ -38,7 +38,7 @@ struct PacedVerifyResult {
   std::vector<std::string> problems;
   bool complete = true;            // a whole walk compared everything
   std::vector<std::string> notes;  // what was not compared, and why
-  std::uint64_t yields = 0;        // times a worker took the mutex while it was given up
+  std::uint64_t yields = 0;        // times another thread held the mutex while it was given up
   std::uint64_t restarts = 0;      // whole walks abandoned because an operation ran
   std::uint64_t operations = 0;    // transactions that ran while the mutex was given up
 };
