@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-// A process that holds the store lock for more than a second is named, by pid, in the log of a
+// A process that holds the store lock for more than a second is named, by pid, in the log of every
 // worker waiting for the lock and by kvbm-ctl info, processes and top (DESIGN.md section 12). Real
-// processes: the holder takes the lock and stops itself with SIGSTOP; the real kvbm-ctl binary
-// reads the segment; then the holder is SIGKILLed and the waiter completes after recovery.
+// processes: the holder takes the lock and stops itself with SIGSTOP; a waiting thread here and a
+// waiting worker process log it; the real kvbm-ctl binary reads the segment; then the holder is
+// SIGKILLed and both waiters complete after recovery.
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -65,6 +69,12 @@ class WaitableLog {
     });
     return found;
   }
+  std::size_t count(const std::string& part) const {
+    std::lock_guard lock(mutex_);
+    return static_cast<std::size_t>(std::count_if(
+        lines_.begin(), lines_.end(),
+        [&](const auto& line) { return line.second.find(part) != std::string::npos; }));
+  }
   std::string all() const {
     std::lock_guard lock(mutex_);
     std::string s;
@@ -91,6 +101,28 @@ struct JoinedThread {
     }
   }
 };
+
+/// What arrives on `fd` until it contains `part`, the writers close it, or `limit` passes.
+std::string read_until(int fd, const std::string& part, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  std::string got;
+  while (got.find(part) == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) {
+      break;
+    }
+    char buf[512];
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n <= 0) {
+      break;
+    }
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  return got;
+}
 
 const json* entry_of(const json& procs, pid_t pid) {
   for (const auto& p : procs) {
@@ -130,7 +162,21 @@ TEST_CASE("a process stopped holding the store lock is named by waiters, info, p
   REQUIRE(WIFSTOPPED(status));
   const pid_t pid = holder.pid();
 
-  // A worker's operation waits for the lock; after a second its thread logs the holder.
+  // Two waiters: a worker process attaching (which takes the lock) and a thread of this process
+  // allocating. Each logs the holder through its own log handler once it has waited a second.
+  // The process is forked first, while this process has no other thread.
+  int lines[2];
+  REQUIRE(::pipe(lines) == 0);
+  Child other([&] {
+    ::close(lines[0]);
+    kvbm::set_log_handler([fd = lines[1]](LogLevel, std::string_view message) {
+      const std::string line = std::string(message) + "\n";
+      const ssize_t n = ::write(fd, line.data(), line.size());  // the parent reads to the end
+      (void)n;
+    });
+    return BlockManager::open(seg.name()).has_value() ? 0 : 20;
+  });
+  ::close(lines[1]);
   waiter.t = std::thread([&] {
     try {
       waited_result = m->allocate_blocks(1).has_value() ? 1 : 2;
@@ -139,13 +185,18 @@ TEST_CASE("a process stopped holding the store lock is named by waiters, info, p
       waited_result = 3;
     }
   });
-  const auto line = log.wait_for(fmt::format("held by pid {} for", pid), std::chrono::seconds(20));
+  const std::string named = fmt::format("held by pid {} for", pid);
+  const auto line = log.wait_for(named, std::chrono::seconds(20));
   INFO(log.all());
   REQUIRE(line.has_value());
   CHECK(line->first == LogLevel::kWarning);
   CHECK_THAT(line->second, Catch::Contains(seg.name()));
   CHECK_THAT(line->second, Catch::Contains("store lock"));
   CHECK(waited_result == 0);  // still waiting
+  const std::string other_log = read_until(lines[0], named, std::chrono::seconds(20));
+  INFO("the other waiter's log: " << other_log);
+  CHECK(contains(other_log, named));
+  CHECK(contains(other_log, seg.name()));
 
   // kvbm-ctl, read-only and lock-free, names the holder.
   {
@@ -198,6 +249,9 @@ TEST_CASE("a process stopped holding the store lock is named by waiters, info, p
   holder.kill();
   waiter.t.join();
   CHECK(waited_result == 1);
+  CHECK(other.wait() == 0);
+  ::close(lines[0]);
+  CHECK(log.count(named) == 1);  // once per wait
   CHECK(m->reap_dead_processes() == 1);
   CHECK(m->verify().empty());
   CHECK(m->counts().mutable_ == 2);
